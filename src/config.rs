@@ -1,0 +1,284 @@
+//! The server's configuration: CLI flags and env vars, validated into one `Config`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The tickers the built-in feed starts with when `--symbols` is not given.
+pub const DEFAULT_SYMBOLS: &str = "AAPL,ABT,ADBE,AMD,AMZN,BA,CAT,CSCO,CVX,DIS,GE,GOOG,HD,IBM,INTC,JNJ,JPM,KO,MCD,META,MSFT,NFLX,NKE,NVDA,ORCL,PEP,PFE,TSLA,WMT,XOM";
+
+/// Which connection layer serves HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// The project's own HTTP/1.1 layer on `may::net` (default): any number of headers,
+    /// `Connection: close`, idle timeout, body cap before reading, client address known.
+    Native,
+    /// may_minihttp 0.1.11 behind the same routes: drops requests with more than 16 headers.
+    Minihttp,
+}
+
+/// Command-line interface. Every flag also reads an env var; the defaults live here and only here.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "comet-quotes",
+    version,
+    about = "COMET (long-poll) stock-quote server on may stackful coroutines",
+    long_about = "COMET (long-poll) stock-quote server on may stackful coroutines.\n\n\
+        Browsers long-poll /api/poll for the symbols they show; each request waits on its own \
+        coroutine until one of those prices changes, and is answered the moment it does.\n\
+        Open http://127.0.0.1:8080 for the live quotes page. Logs: RUST_LOG=info|debug."
+)]
+pub struct Cli {
+    /// Address to listen on (use port 0 for a free port; the chosen address is printed).
+    #[arg(long, env = "COMET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Coroutine worker threads [default: CPU count, at most 8].
+    #[arg(long, env = "COMET_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Coroutine stack size in KiB (each request runs on one coroutine).
+    #[arg(long, env = "COMET_STACK_KIB", default_value_t = 64)]
+    pub stack_kib: usize,
+
+    /// Default long-poll timeout in seconds, when a poll names none.
+    #[arg(long, env = "COMET_POLL_TIMEOUT", default_value_t = 30.0)]
+    pub poll_timeout: f64,
+
+    /// Longest long-poll timeout in seconds; longer requested timeouts are capped to it.
+    #[arg(long, env = "COMET_MAX_POLL_TIMEOUT", default_value_t = 60.0)]
+    pub max_poll_timeout: f64,
+
+    /// Most symbols one request may name.
+    #[arg(long, env = "COMET_MAX_SYMBOLS_PER_REQUEST", default_value_t = 100)]
+    pub max_symbols_per_request: usize,
+
+    /// Most symbols the server holds; publishing a new symbol past it is refused.
+    #[arg(long, env = "COMET_MAX_SYMBOLS", default_value_t = 1000)]
+    pub max_symbols: usize,
+
+    /// Largest request body in bytes (publish); larger bodies get 413.
+    #[arg(long, env = "COMET_MAX_BODY", default_value_t = 64 * 1024)]
+    pub max_body: usize,
+
+    /// Seconds an idle keep-alive connection may wait for its next request.
+    #[arg(long, env = "COMET_IDLE_TIMEOUT", default_value_t = 120.0)]
+    pub idle_timeout: f64,
+
+    /// Seconds to wait on shutdown for answered polls to be written before exiting.
+    #[arg(long, env = "COMET_SHUTDOWN_GRACE", default_value_t = 2.0)]
+    pub shutdown_grace: f64,
+
+    /// Symbols to start with (comma separated); the feed moves these.
+    #[arg(long, env = "COMET_SYMBOLS", default_value = DEFAULT_SYMBOLS)]
+    pub symbols: String,
+
+    /// Turn the built-in random feed off (prices then change only through POST /api/quotes).
+    #[arg(long, env = "COMET_NO_FEED")]
+    pub no_feed: bool,
+
+    /// Mean seconds between two price changes of one symbol in the random feed.
+    #[arg(long, env = "COMET_FEED_INTERVAL", default_value_t = 2.0)]
+    pub feed_interval: f64,
+
+    /// Seed for the random feed and the opening prices (reproducible runs) [default: random].
+    #[arg(long, env = "COMET_SEED")]
+    pub seed: Option<u64>,
+
+    /// Bearer token required to publish; without one, only loopback clients may publish.
+    #[arg(long, env = "COMET_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// HTTP connection layer.
+    #[arg(long, env = "COMET_ENGINE", value_enum, default_value_t = Engine::Native)]
+    pub engine: Engine,
+}
+
+/// The validated configuration every part of the server reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub stack_bytes: usize,
+    pub poll_timeout: Duration,
+    pub max_poll_timeout: Duration,
+    pub max_symbols_per_request: usize,
+    pub max_symbols: usize,
+    pub max_body: usize,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub symbols: Vec<String>,
+    pub feed: Option<FeedConfig>,
+    pub seed: Option<u64>,
+    pub publish_token: Option<String>,
+    pub engine: Engine,
+}
+
+/// Settings of the built-in random feed.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    pub mean_interval: Duration,
+}
+
+fn seconds(name: &str, value: f64) -> Result<Duration, String> {
+    if (0.0..=86_400.0).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!(
+            "--{name} must be a number of seconds between 0 and 86400, got {value}"
+        ))
+    }
+}
+
+impl Cli {
+    /// Check every value and build the `Config`; the error text names the bad flag.
+    pub fn into_config(self) -> Result<Config, String> {
+        let workers = match self.workers {
+            Some(0) => return Err("--workers must be at least 1".into()),
+            // Bound the OS thread count: workers + main, timer, signal, sweeper, feed stay under 20.
+            Some(n) if n > 12 => return Err("--workers must be at most 12".into()),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get().min(8))
+                .unwrap_or(2),
+        };
+        if !(16..=8192).contains(&self.stack_kib) {
+            return Err("--stack-kib must be between 16 and 8192".into());
+        }
+        let poll_timeout = seconds("poll-timeout", self.poll_timeout)?;
+        let max_poll_timeout = seconds("max-poll-timeout", self.max_poll_timeout)?;
+        if poll_timeout > max_poll_timeout {
+            return Err("--poll-timeout must not exceed --max-poll-timeout".into());
+        }
+        let idle_timeout = seconds("idle-timeout", self.idle_timeout)?;
+        if idle_timeout < Duration::from_millis(1) {
+            return Err("--idle-timeout must be at least 0.001".into());
+        }
+        let shutdown_grace = seconds("shutdown-grace", self.shutdown_grace)?;
+        let feed_interval = seconds("feed-interval", self.feed_interval)?;
+        if feed_interval < Duration::from_millis(1) {
+            return Err("--feed-interval must be at least 0.001".into());
+        }
+        if self.max_symbols_per_request == 0 {
+            return Err("--max-symbols-per-request must be at least 1".into());
+        }
+        if self.max_body == 0 {
+            return Err("--max-body must be at least 1".into());
+        }
+        let mut symbols: Vec<String> = Vec::new();
+        for raw in self
+            .symbols
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let sym =
+                crate::routes::normalize_symbol(raw).map_err(|e| format!("--symbols: {e}"))?;
+            if !symbols.contains(&sym) {
+                symbols.push(sym);
+            }
+        }
+        if symbols.len() > self.max_symbols {
+            return Err(format!(
+                "--symbols names {} symbols, more than --max-symbols {}",
+                symbols.len(),
+                self.max_symbols
+            ));
+        }
+        if matches!(&self.publish_token, Some(t) if t.is_empty()) {
+            return Err("--publish-token must not be empty".into());
+        }
+        Ok(Config {
+            listen: self.listen,
+            workers,
+            stack_bytes: self.stack_kib * 1024,
+            poll_timeout,
+            max_poll_timeout,
+            max_symbols_per_request: self.max_symbols_per_request,
+            max_symbols: self.max_symbols,
+            max_body: self.max_body,
+            idle_timeout,
+            shutdown_grace,
+            symbols,
+            feed: (!self.no_feed).then_some(FeedConfig {
+                mean_interval: feed_interval,
+            }),
+            seed: self.seed,
+            publish_token: self.publish_token,
+            engine: self.engine,
+        })
+    }
+}
+
+impl Config {
+    /// Parse from the given arguments (and the environment) without exiting the process.
+    pub fn from_args<I, T>(args: I) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .into_config()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["comet-quotes"];
+        all.extend_from_slice(args);
+        Config::from_args(all)
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_8080_with_feed_on() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.feed.is_some());
+        assert_eq!(c.poll_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_poll_timeout, Duration::from_secs(60));
+        assert!(c.symbols.len() >= 20);
+        assert_eq!(c.engine, Engine::Native);
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-feed",
+            "--poll-timeout",
+            "0.5",
+            "--publish-token",
+            "s3cret",
+            "--symbols",
+            "ibm, msft,IBM",
+        ])
+        .unwrap();
+        assert!(c.feed.is_none());
+        assert_eq!(c.poll_timeout, Duration::from_millis(500));
+        assert_eq!(c.publish_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.symbols, ["IBM", "MSFT"]);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_flag_named() {
+        assert!(parse(&["--poll-timeout=-1"])
+            .unwrap_err()
+            .contains("poll-timeout"));
+        assert!(parse(&["--poll-timeout", "90"])
+            .unwrap_err()
+            .contains("poll-timeout"));
+        assert!(parse(&["--workers", "0"]).unwrap_err().contains("workers"));
+        assert!(parse(&["--symbols", "BAD SYMBOL"])
+            .unwrap_err()
+            .contains("symbols"));
+        assert!(parse(&["--stack-kib", "4"])
+            .unwrap_err()
+            .contains("stack-kib"));
+    }
+}

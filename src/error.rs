@@ -1,0 +1,144 @@
+//! The one error type of the HTTP boundary, and its mapping to a status code.
+
+use std::fmt;
+
+/// Everything a client can get wrong, from the socket up to the routes.
+///
+/// Each variant maps to exactly one HTTP status in [`ApiError::status`]; its `Display` is the text
+/// sent back as `{"error": "..."}`, so it names the problem in words a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The request line or headers could not be parsed.
+    BadRequest(String),
+    /// The request head is larger than we accept, or has too many headers.
+    HeadersTooLarge {
+        max_bytes: usize,
+        max_headers: usize,
+    },
+    /// A body without a Content-Length (chunked uploads are not accepted).
+    LengthRequired,
+    /// The body is larger than the configured cap.
+    BodyTooLarge { max: usize },
+    /// `symbols=` is absent or empty.
+    MissingSymbols,
+    /// A symbol name that is not well formed.
+    BadSymbol(String),
+    /// A well-formed symbol the server does not know.
+    UnknownSymbol(String),
+    /// More symbols in one request than allowed.
+    TooManySymbols { max: usize },
+    /// `cursor=` is not a non-negative integer.
+    BadCursor(String),
+    /// `timeout=` is not a finite non-negative number of seconds.
+    BadTimeout(String),
+    /// The publish body is not JSON of the expected shape.
+    BadJson(String),
+    /// A published price that is negative, NaN or infinite.
+    BadPrice { symbol: String },
+    /// Publishing would create more symbols than the configured maximum.
+    SymbolLimit { max: usize },
+    /// Publishing without the configured bearer token.
+    Unauthorized,
+    /// Publishing from a non-loopback client while no token is configured.
+    Forbidden,
+    /// A known path with the wrong method; `allow` is the `Allow` header value.
+    MethodNotAllowed { allow: &'static str },
+    /// No such path.
+    NotFound(String),
+}
+
+impl ApiError {
+    /// The single place where errors become HTTP status codes.
+    pub fn status(&self) -> u16 {
+        use ApiError::*;
+        match self {
+            BadRequest(_) | MissingSymbols | BadSymbol(_) | TooManySymbols { .. } => 400,
+            BadCursor(_) | BadTimeout(_) | BadJson(_) | BadPrice { .. } => 400,
+            Unauthorized => 401,
+            Forbidden => 403,
+            UnknownSymbol(_) | NotFound(_) => 404,
+            MethodNotAllowed { .. } => 405,
+            LengthRequired => 411,
+            BodyTooLarge { .. } => 413,
+            SymbolLimit { .. } => 422,
+            HeadersTooLarge { .. } => 431,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ApiError::*;
+        match self {
+            BadRequest(why) => write!(f, "malformed HTTP request: {why}"),
+            HeadersTooLarge {
+                max_bytes,
+                max_headers,
+            } => write!(
+                f,
+                "request head too large (at most {max_bytes} bytes and {max_headers} headers)"
+            ),
+            LengthRequired => write!(f, "a request body needs a Content-Length header"),
+            BodyTooLarge { max } => write!(f, "request body larger than {max} bytes"),
+            MissingSymbols => write!(f, "missing symbols: pass symbols=IBM,MSFT"),
+            BadSymbol(s) => write!(f, "bad symbol {s:?}: use 1-12 letters, digits, '.' or '-'"),
+            UnknownSymbol(s) => write!(f, "unknown symbol: {s}"),
+            TooManySymbols { max } => write!(f, "too many symbols: at most {max} per request"),
+            BadCursor(s) => write!(f, "bad cursor {s:?}: expected a non-negative integer"),
+            BadTimeout(s) => write!(
+                f,
+                "bad timeout {s:?}: expected a non-negative number of seconds"
+            ),
+            BadJson(why) => write!(f, "bad JSON body: {why}"),
+            BadPrice { symbol } => write!(
+                f,
+                "bad price for {symbol}: expected a finite, non-negative number"
+            ),
+            SymbolLimit { max } => write!(f, "symbol limit reached: at most {max} symbols"),
+            Unauthorized => write!(f, "publishing needs Authorization: Bearer <token>"),
+            Forbidden => write!(
+                f,
+                "publishing without a token is accepted only from loopback clients"
+            ),
+            MethodNotAllowed { allow } => write!(f, "method not allowed (allowed: {allow})"),
+            NotFound(path) => write!(f, "not found: {path}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_a_client_error() {
+        let all = [
+            ApiError::BadRequest("x".into()),
+            ApiError::HeadersTooLarge {
+                max_bytes: 1,
+                max_headers: 1,
+            },
+            ApiError::LengthRequired,
+            ApiError::BodyTooLarge { max: 1 },
+            ApiError::MissingSymbols,
+            ApiError::BadSymbol("x".into()),
+            ApiError::UnknownSymbol("X".into()),
+            ApiError::TooManySymbols { max: 1 },
+            ApiError::BadCursor("x".into()),
+            ApiError::BadTimeout("x".into()),
+            ApiError::BadJson("x".into()),
+            ApiError::BadPrice { symbol: "X".into() },
+            ApiError::SymbolLimit { max: 1 },
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::MethodNotAllowed { allow: "GET" },
+            ApiError::NotFound("/x".into()),
+        ];
+        for e in all {
+            assert!((400..500).contains(&e.status()), "{e:?}");
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The may_minihttp 0.1.11 engine (`--engine minihttp`): a thin adapter onto the same routes.
+//!
+//! Kept as the reference the native layer is measured against, and to show the routes do not
+//! depend on the engine. Its limits (README): requests with more than 16 headers are dropped
+//! unanswered, `Connection: close` is ignored, there is no idle timeout, and no `ETag` is sent
+//! (response header lines must be `&'static str`).
+
+use std::io::{self, Read};
+use std::mem::ManuallyDrop;
+use std::net::IpAddr;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use may_minihttp::{HttpServiceFactory, Request as MiniRequest, Response};
+
+use crate::error::ApiError;
+use crate::http::{reason_phrase, Reply, Request};
+use crate::routes;
+use crate::server::App;
+
+/// Creates one service per connection; may_minihttp passes the connection's fd as `id`.
+pub struct Factory(pub Arc<App>);
+
+pub struct Service {
+    app: Arc<App>,
+    peer: Option<IpAddr>,
+}
+
+/// The client address of the connection whose raw fd may_minihttp hands us as the service id.
+fn peer_of_fd(fd: usize) -> Option<IpAddr> {
+    let fd = i32::try_from(fd).ok()?;
+    // SAFETY: `fd` is the accepted socket may_minihttp owns and keeps open while it creates this
+    // service; ManuallyDrop makes sure we never close it, we only ask for its peer address.
+    let stream = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    stream.peer_addr().ok().map(|a| a.ip())
+}
+
+impl HttpServiceFactory for Factory {
+    type Service = Service;
+    fn new_service(&self, id: usize) -> Service {
+        Service {
+            app: Arc::clone(&self.0),
+            peer: peer_of_fd(id),
+        }
+    }
+}
+
+fn content_type_line(ct: &str) -> &'static str {
+    match ct {
+        "application/json" => "Content-Type: application/json",
+        "text/html; charset=utf-8" => "Content-Type: text/html; charset=utf-8",
+        "text/javascript; charset=utf-8" => "Content-Type: text/javascript; charset=utf-8",
+        "text/css; charset=utf-8" => "Content-Type: text/css; charset=utf-8",
+        "image/svg+xml" => "Content-Type: image/svg+xml",
+        "text/plain; version=0.0.4; charset=utf-8" => {
+            "Content-Type: text/plain; version=0.0.4; charset=utf-8"
+        }
+        _ => "Content-Type: application/octet-stream",
+    }
+}
+
+fn cache_line(cc: &str) -> &'static str {
+    match cc {
+        "no-cache" => "Cache-Control: no-cache",
+        _ => "Cache-Control: no-store",
+    }
+}
+
+fn allow_line(allow: &str) -> Option<&'static str> {
+    match allow {
+        "GET, HEAD" => Some("Allow: GET, HEAD"),
+        "GET, HEAD, POST" => Some("Allow: GET, HEAD, POST"),
+        _ => None,
+    }
+}
+
+impl Service {
+    /// Our request view, with the body read up to the cap. The Content-Length is validated here:
+    /// may_minihttp's own `body()` panics on a non-numeric one.
+    fn request(&self, req: MiniRequest) -> Result<Request, ApiError> {
+        let mut out = Request::new(req.method(), req.path());
+        out.peer = self.peer;
+        let mut length = 0usize;
+        for h in req.headers() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+                length = v
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest(format!("bad Content-Length {v:?}")))?;
+            } else {
+                out.set_header(h.name, h.value);
+            }
+        }
+        let max = self.app.config.max_body;
+        if length > max {
+            return Err(ApiError::BodyTooLarge { max });
+        }
+        if length > 0 {
+            // The body reader stops at Content-Length; dropping it consumes the rest.
+            let mut body = Vec::with_capacity(length);
+            req.body()
+                .take(max as u64)
+                .read_to_end(&mut body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            out.body = body;
+        }
+        Ok(out)
+    }
+}
+
+impl may_minihttp::HttpService for Service {
+    fn call(&mut self, req: MiniRequest, rsp: &mut Response) -> io::Result<()> {
+        let head_only = req.method() == "HEAD";
+        self.app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let reply: Reply = match self.request(req) {
+            Ok(req) => routes::handle(&self.app, &req),
+            Err(e) => {
+                let r = routes::error_reply(&e);
+                self.app.metrics.count_request(r.status);
+                r
+            }
+        };
+        self.app.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        rsp.status_code(usize::from(reply.status), reason_phrase(reply.status));
+        rsp.header(content_type_line(reply.content_type));
+        rsp.header(cache_line(reply.cache_control));
+        for (name, value) in &reply.headers {
+            if *name == "Allow" {
+                if let Some(line) = allow_line(value) {
+                    rsp.header(line);
+                }
+            }
+        }
+        if !head_only && reply.status != 304 {
+            rsp.body_vec(reply.body.as_bytes().to_vec());
+        }
+        Ok(())
+    }
+}

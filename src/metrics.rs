@@ -1,0 +1,163 @@
+//! Server counters, and their Prometheus text rendering for `GET /metrics`.
+//!
+//! Plain atomics: any handler, the feed and the connection layer bump them without locking.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::book::Reason;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open client connections (gauge).
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    /// Requests between parsed and answered, held polls included (gauge).
+    pub in_flight: AtomicU64,
+    /// Long-polls parked right now (gauge).
+    pub polls_waiting: AtomicU64,
+    pub answered_change: AtomicU64,
+    pub answered_timeout: AtomicU64,
+    pub answered_resync: AtomicU64,
+    pub answered_shutdown: AtomicU64,
+    pub snapshots: AtomicU64,
+    /// Quotes carried by poll answers (one per quote per answer).
+    pub delivered: AtomicU64,
+    /// Price changes applied (feed and HTTP publishes).
+    pub published: AtomicU64,
+    pub requests: AtomicU64,
+    /// Requests answered with a 4xx.
+    pub client_errors: AtomicU64,
+    /// Number of symbols in the book (gauge).
+    pub symbols: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_answer(&self, reason: Reason, quotes: usize) {
+        let c = match reason {
+            Reason::Snapshot => &self.snapshots,
+            Reason::Change => &self.answered_change,
+            Reason::Timeout => &self.answered_timeout,
+            Reason::Resync => &self.answered_resync,
+            Reason::Shutdown => &self.answered_shutdown,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        if reason != Reason::Snapshot {
+            self.delivered.fetch_add(quotes as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn count_request(&self, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if (400..500).contains(&status) {
+            self.client_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(2048);
+        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        one(
+            "comet_connections_open",
+            "gauge",
+            "Open client connections.",
+            g(&self.connections_open),
+        );
+        one(
+            "comet_connections_total",
+            "counter",
+            "Client connections accepted.",
+            g(&self.connections_total),
+        );
+        one(
+            "comet_requests_in_flight",
+            "gauge",
+            "Requests being handled now.",
+            g(&self.in_flight),
+        );
+        one(
+            "comet_polls_waiting",
+            "gauge",
+            "Long-polls waiting for a change now.",
+            g(&self.polls_waiting),
+        );
+        one(
+            "comet_snapshots_total",
+            "counter",
+            "Snapshot requests answered.",
+            g(&self.snapshots),
+        );
+        one(
+            "comet_quotes_published_total",
+            "counter",
+            "Price changes applied.",
+            g(&self.published),
+        );
+        one(
+            "comet_quotes_delivered_total",
+            "counter",
+            "Quotes delivered in poll answers.",
+            g(&self.delivered),
+        );
+        one(
+            "comet_requests_total",
+            "counter",
+            "HTTP requests answered.",
+            g(&self.requests),
+        );
+        one(
+            "comet_client_errors_total",
+            "counter",
+            "Requests answered with a 4xx.",
+            g(&self.client_errors),
+        );
+        one(
+            "comet_symbols",
+            "gauge",
+            "Symbols in the quote book.",
+            g(&self.symbols),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP comet_polls_answered_total Long-polls answered, by reason.\n\
+             # TYPE comet_polls_answered_total counter"
+        );
+        for (reason, v) in [
+            ("change", &self.answered_change),
+            ("timeout", &self.answered_timeout),
+            ("resync", &self.answered_resync),
+            ("shutdown", &self.answered_shutdown),
+        ] {
+            let _ = writeln!(
+                out,
+                "comet_polls_answered_total{{reason=\"{reason}\"}} {}",
+                g(v)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_every_family_once() {
+        let m = Metrics::default();
+        m.count_answer(Reason::Change, 3);
+        m.count_answer(Reason::Timeout, 0);
+        let text = m.render();
+        assert!(text.contains("comet_quotes_delivered_total 3\n"));
+        assert!(text.contains("comet_polls_answered_total{reason=\"change\"} 1\n"));
+        assert!(text.contains("comet_polls_answered_total{reason=\"timeout\"} 1\n"));
+        assert_eq!(text.matches("# TYPE comet_polls_waiting ").count(), 1);
+    }
+}

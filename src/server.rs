@@ -1,0 +1,142 @@
+//! Wiring: the shared `App`, the may runtime settings, start-up and bounded shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::book::QuoteBook;
+use crate::config::{Config, Engine};
+use crate::feed::{opening_price, Feed};
+use crate::http::{minihttp, native};
+use crate::metrics::Metrics;
+
+/// What every handler shares. Read-only after start-up, apart from the book and the counters,
+/// which synchronize themselves.
+pub struct App {
+    pub config: Config,
+    pub book: Arc<QuoteBook>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Apply the runtime settings. Must run before the first coroutine starts (may reads them once).
+pub fn configure_runtime(config: &Config) {
+    // One coroutine per request, so this is the memory a held long-poll reserves. 64 KiB by
+    // default: a 32 KiB stack overflowed parsing a 64-deep JSON body (we now refuse bodies deeper
+    // than 8 levels before parsing, see routes), and only the pages a coroutine touches count
+    // towards RSS, so the headroom is nearly free. may takes the size in machine words.
+    may::config()
+        .set_workers(config.workers)
+        .set_stack_size(config.stack_bytes / std::mem::size_of::<usize>());
+}
+
+/// A running server.
+pub struct Server {
+    app: Arc<App>,
+    addr: SocketAddr,
+    feed_stop: Arc<AtomicBool>,
+}
+
+/// Bind without SO_REUSEPORT, so a second instance on the same port fails loudly instead of
+/// silently sharing its connections (may's own `bind` sets SO_REUSEPORT).
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    // A deep backlog: thousands of long-poll clients reconnect at once after a restart.
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Build the book, start the threads, feed and listener. Call `configure_runtime` first.
+    pub fn start(config: Config) -> io::Result<Server> {
+        let metrics = Arc::new(Metrics::default());
+        let book = QuoteBook::new(config.max_symbols, Arc::clone(&metrics));
+        let seed = config.seed.unwrap_or_else(|| rand::thread_rng().gen());
+        let mut rng = StdRng::seed_from_u64(seed);
+        for symbol in &config.symbols {
+            book.add_symbol(symbol, opening_price(&mut rng))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
+        book.start_threads()?;
+
+        let feed_stop = Arc::new(AtomicBool::new(false));
+        if let Some(feed) = &config.feed {
+            Feed::new(
+                Arc::clone(&book),
+                config.symbols.clone(),
+                feed.mean_interval,
+                rng.gen(),
+                Arc::clone(&feed_stop),
+            )
+            .spawn()?;
+        }
+
+        let listener = bind(config.listen)?;
+        let addr = listener.local_addr()?;
+        let engine = config.engine;
+        let app = Arc::new(App {
+            config,
+            book,
+            metrics,
+        });
+        match engine {
+            Engine::Native => {
+                // SAFETY: the fd comes from a listener we own and give up here.
+                let listener =
+                    unsafe { may::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+                native::serve(listener, Arc::clone(&app))?;
+            }
+            Engine::Minihttp => {
+                // may_minihttp binds by itself (with SO_REUSEPORT); our bind above has resolved
+                // port 0 and checked that nobody else listens there.
+                drop(listener);
+                use may_minihttp::HttpServiceFactory;
+                minihttp::Factory(Arc::clone(&app)).start(addr)?;
+            }
+        }
+        log::info!(
+            "serving {} symbols on {addr} with {:?} engine, {} workers, seed {seed}",
+            app.book.len(),
+            engine,
+            app.config.workers
+        );
+        Ok(Server {
+            app,
+            addr,
+            feed_stop,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Answer every waiting poll at once (empty, same cursor), then wait, at most the shutdown
+    /// grace, until the answers in flight are written. Returns true if they all were.
+    pub fn shutdown(&self) -> bool {
+        self.feed_stop.store(true, Ordering::Release);
+        self.app.book.shutdown();
+        let deadline = Instant::now() + self.app.config.shutdown_grace;
+        loop {
+            if self.app.metrics.in_flight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

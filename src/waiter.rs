@@ -1,0 +1,252 @@
+//! One parked long-poll (`Waiter`), and the sweeper thread that ends the ones whose time is up.
+//!
+//! Who wakes whom:
+//! - a publisher wakes the waiters registered on the symbol it changed ([`Waiter::wake`]);
+//! - the sweeper thread wakes waiters whose deadline passed, and all of them on shutdown;
+//! - the waiting handler coroutine itself only parks, and marks itself done when it returns.
+//!
+//! Why a sweeper instead of `park(Some(timeout))`: every park with a timeout registers with may's
+//! single timer thread, and every early wake must cancel that timer with a futex wake of that
+//! thread (measured: ~3.5 µs per waiter, 14% of a 10,000-waiter fan-out). Waiters here park with
+//! no timeout; one heap of deadlines, swept by one thread, bounds every wait instead.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use may::sync::{Blocker, Mutex};
+
+const WAITING: u8 = 0;
+const WOKEN: u8 = 1;
+const DONE: u8 = 2;
+
+/// A long-poll parked on one or more symbols. Shared (`Arc`) between the handler coroutine that
+/// parks on it, the waiter lists of the symbols it follows, and the sweeper's deadline heap.
+pub struct Waiter {
+    state: AtomicU8,
+    // Created by (and so bound to) the coroutine that will park; `unpark` from any thread is fine.
+    blocker: Blocker,
+}
+
+impl Waiter {
+    /// Must be called on the coroutine (or thread) that will later call [`Waiter::wait`].
+    pub fn new() -> Arc<Waiter> {
+        Arc::new(Waiter {
+            state: AtomicU8::new(WAITING),
+            blocker: Blocker::new(false),
+        })
+    }
+
+    /// Wake the waiter if it is still waiting. Only the first wake unparks; later ones are no-ops,
+    /// so a waiter registered on several symbols is woken once however many of them change.
+    pub fn wake(&self) {
+        if self
+            .state
+            .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.blocker.unpark();
+        }
+    }
+
+    /// Park until woken. Never returns without a wake: the sweeper guarantees one by the deadline.
+    pub fn wait(&self) {
+        // `park` keeps a wake token, so a wake that lands before we park is not lost; the loop
+        // only guards against a spurious return.
+        while self.state.load(Ordering::Acquire) == WAITING {
+            let _ = self.blocker.park(None);
+        }
+    }
+
+    /// The poll has been answered: waiter lists and the deadline heap may drop this entry.
+    pub fn finish(&self) {
+        self.state.store(DONE, Ordering::Release);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DONE
+    }
+}
+
+struct Entry {
+    deadline: Instant,
+    waiter: Arc<Waiter>,
+}
+
+// Ordered so that the heap's top is the earliest deadline.
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        other.deadline.cmp(&self.deadline)
+    }
+}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.deadline == other.deadline
+    }
+}
+impl Eq for Entry {}
+
+struct Deadlines {
+    heap: BinaryHeap<Entry>,
+    // Answered polls stay in the heap until swept; when the heap reaches this size it is compacted,
+    // and the next threshold is twice what survived, so compaction costs O(1) per add amortized.
+    compact_at: usize,
+    shutting_down: bool,
+}
+
+/// The deadline heap. Handlers add to it (a `may::sync::Mutex`, held for one heap push); only the
+/// sweeper thread removes from it.
+pub struct Sweeper {
+    deadlines: Mutex<Deadlines>,
+    stopped: AtomicBool,
+}
+
+/// How often the sweeper looks at the heap at most: a timeout fires at most this late.
+const SWEEP_TICK: Duration = Duration::from_millis(5);
+const MIN_COMPACT: usize = 1024;
+
+impl Sweeper {
+    pub fn new() -> Arc<Sweeper> {
+        Arc::new(Sweeper {
+            deadlines: Mutex::new(Deadlines {
+                heap: BinaryHeap::new(),
+                compact_at: MIN_COMPACT,
+                shutting_down: false,
+            }),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Arrange for `waiter` to be woken at `deadline`. Returns false when the server is shutting
+    /// down: the caller must answer at once instead of parking.
+    pub fn add(&self, deadline: Instant, waiter: Arc<Waiter>) -> bool {
+        let mut d = self.deadlines.lock().expect("sweeper lock poisoned");
+        if d.shutting_down {
+            return false;
+        }
+        if d.heap.len() >= d.compact_at {
+            d.heap.retain(|e| !e.waiter.is_done());
+            d.compact_at = (d.heap.len() * 2).max(MIN_COMPACT);
+        }
+        d.heap.push(Entry { deadline, waiter });
+        true
+    }
+
+    /// Wake every waiter whose deadline is at or before `now`; returns the next deadline.
+    fn sweep(&self, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let next = {
+            let mut d = self.deadlines.lock().expect("sweeper lock poisoned");
+            while d.heap.peek().is_some_and(|e| e.deadline <= now) {
+                if let Some(e) = d.heap.pop() {
+                    expired.push(e.waiter);
+                }
+            }
+            d.heap.peek().map(|e| e.deadline)
+        };
+        // Wake outside the lock so handlers adding deadlines are not held up by the unparks.
+        for w in expired {
+            w.wake();
+        }
+        next
+    }
+
+    /// Refuse new waits and wake every waiting poll now (they answer empty).
+    pub fn shutdown(&self) {
+        let all = {
+            let mut d = self.deadlines.lock().expect("sweeper lock poisoned");
+            d.shutting_down = true;
+            std::mem::take(&mut d.heap)
+        };
+        for e in all {
+            e.waiter.wake();
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.deadlines
+            .lock()
+            .map(|d| d.shutting_down)
+            .unwrap_or(true)
+    }
+
+    /// Run the sweeper on its own OS thread (not a may worker: it sleeps with `std::thread::sleep`).
+    pub fn spawn(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("sweeper".into())
+            .spawn(move || {
+                while !me.stopped.load(Ordering::Acquire) {
+                    let now = Instant::now();
+                    let next = me.sweep(now);
+                    let nap = next
+                        .map(|n| n.saturating_duration_since(now))
+                        .unwrap_or(SWEEP_TICK)
+                        .clamp(Duration::from_millis(1), SWEEP_TICK);
+                    std::thread::sleep(nap);
+                }
+            })
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_before_wait_is_not_lost() {
+        let w = Waiter::new();
+        w.wake();
+        w.wait(); // returns at once
+        w.finish();
+        assert!(w.is_done());
+    }
+
+    #[test]
+    fn sweep_wakes_only_expired_waiters() {
+        let s = Sweeper::new();
+        let now = Instant::now();
+        let early = Waiter::new();
+        let late = Waiter::new();
+        assert!(s.add(now, Arc::clone(&early)));
+        assert!(s.add(now + Duration::from_secs(60), Arc::clone(&late)));
+        let next = s.sweep(now + Duration::from_millis(1));
+        assert_eq!(next, Some(now + Duration::from_secs(60)));
+        early.wait(); // woken by the sweep
+        assert_eq!(late.state.load(Ordering::Acquire), WAITING);
+    }
+
+    #[test]
+    fn shutdown_wakes_all_and_refuses_new_waits() {
+        let s = Sweeper::new();
+        let w = Waiter::new();
+        assert!(s.add(Instant::now() + Duration::from_secs(60), Arc::clone(&w)));
+        s.shutdown();
+        w.wait();
+        assert!(!s.add(Instant::now(), Waiter::new()));
+        assert!(s.is_shutting_down());
+    }
+
+    #[test]
+    fn answered_waiters_are_compacted_out_of_the_heap() {
+        let s = Sweeper::new();
+        let far = Instant::now() + Duration::from_secs(60);
+        for _ in 0..(MIN_COMPACT * 3) {
+            let w = Waiter::new();
+            w.finish();
+            assert!(s.add(far, w));
+        }
+        assert!(s.deadlines.lock().unwrap().heap.len() <= MIN_COMPACT + 1);
+    }
+}
