@@ -19,16 +19,16 @@
 //! waiters outside the lock: no waiter ever queues on a shared lock to be woken. Woken handlers
 //! copy the pre-serialized bytes (an `Arc<[u8]>` clone under a short per-symbol lock).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use may::sync::{mpsc, Mutex, RwLock};
+use may::sync::{mpsc, Mutex};
 use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::table::{Full, Table};
 use crate::waiter::{Sweeper, Waiter};
 
 /// One quote as the API shows it.
@@ -160,13 +160,6 @@ impl Answer {
     }
 }
 
-#[derive(Default)]
-struct Registry {
-    by_name: HashMap<Arc<str>, Arc<Symbol>>,
-    /// Sorted names, for `/api/symbols`.
-    names: Vec<Arc<str>>,
-}
-
 /// Large wake batches go to the waker thread: unparking from a non-worker thread spreads the woken
 /// coroutines over all may workers, while unparking from a worker queues them all on that worker
 /// (the others only steal after their 10 ms epoll timeout). Small batches are woken inline, which
@@ -175,11 +168,10 @@ const INLINE_WAKE_MAX: usize = 16;
 
 /// All symbols, the seq counter and the wake machinery. Shared by every handler and the feed.
 pub struct QuoteBook {
-    /// Written only when a publish creates a symbol; read by every request to resolve names.
-    registry: RwLock<Registry>,
+    /// Name -> symbol, read without a lock by every request; grows when a publish creates one.
+    symbols: Table<Symbol>,
     /// The last seq handed out. Incremented only under the changed symbol's lock (see module doc).
     seq: AtomicU64,
-    max_symbols: usize,
     sweeper: Arc<Sweeper>,
     /// Set once by `start_threads`, taken on shutdown; a `may` lock because handlers read it.
     wake_tx: Mutex<Option<mpsc::Sender<Vec<Arc<Waiter>>>>>,
@@ -198,9 +190,8 @@ impl QuoteBook {
         metrics: Arc<Metrics>,
     ) -> Arc<QuoteBook> {
         Arc::new(QuoteBook {
-            registry: RwLock::new(Registry::default()),
+            symbols: Table::new(max_symbols),
             seq: AtomicU64::new(first_seq),
-            max_symbols,
             sweeper: Sweeper::new(),
             wake_tx: Mutex::new(None),
             metrics,
@@ -232,85 +223,67 @@ impl QuoteBook {
     }
 
     pub fn symbol_names(&self) -> Vec<Arc<str>> {
-        self.registry
-            .read()
-            .map(|r| r.names.clone())
-            .unwrap_or_default()
+        self.symbols.names()
     }
 
     pub fn len(&self) -> usize {
-        self.registry.read().map(|r| r.names.len()).unwrap_or(0)
+        self.symbols.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.symbols.is_empty()
     }
 
     /// Look a (normalized) symbol up.
     pub fn get(&self, name: &str) -> Option<Arc<Symbol>> {
-        self.registry.read().ok()?.by_name.get(name).cloned()
+        self.symbols.get(name)
     }
 
     /// Resolve every name or fail on the first unknown one.
     pub fn resolve(&self, names: &[String]) -> Result<Vec<Arc<Symbol>>, ApiError> {
-        let reg = self
-            .registry
-            .read()
-            .map_err(|_| ApiError::BadRequest("internal lock poisoned".into()))?;
         names
             .iter()
             .map(|n| {
-                reg.by_name
-                    .get(n.as_str())
-                    .cloned()
+                self.symbols
+                    .get(n)
                     .ok_or_else(|| ApiError::UnknownSymbol(n.clone()))
             })
             .collect()
     }
 
     fn get_or_create(&self, name: &str, price: f64) -> Result<(Arc<Symbol>, bool), ApiError> {
-        if let Some(s) = self.get(name) {
-            return Ok((s, false));
-        }
-        let mut reg = self
-            .registry
-            .write()
-            .map_err(|_| ApiError::BadRequest("internal lock poisoned".into()))?;
-        if let Some(s) = reg.by_name.get(name) {
-            return Ok((Arc::clone(s), false));
-        }
-        if reg.names.len() >= self.max_symbols {
-            return Err(ApiError::SymbolLimit {
-                max: self.max_symbols,
-            });
-        }
-        let name: Arc<str> = name.into();
-        // The creation is itself a change: it takes a seq like any other (under the registry's
-        // write lock, which every reader of this symbol must pass first).
-        let quote = Quote {
-            symbol: Arc::clone(&name),
-            price,
-            change: 0.0,
-            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
-            ts: now_micros(),
-        };
-        let sym = Arc::new(Symbol {
-            name: Arc::clone(&name),
-            state: Mutex::new(SymbolState {
-                json: serialize(&quote),
-                quote,
-                open: price,
-                waiters: Vec::new(),
-                prune_at: MIN_PRUNE,
-            }),
+        let created = self.symbols.get_or_insert_with(name, |name| {
+            // The creation is itself a change and takes a seq like any other, before the symbol
+            // becomes reachable (so no reader can see it without its seq).
+            let quote = Quote {
+                symbol: Arc::clone(&name),
+                price,
+                change: 0.0,
+                seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+                ts: now_micros(),
+            };
+            Symbol {
+                name,
+                state: Mutex::new(SymbolState {
+                    json: serialize(&quote),
+                    quote,
+                    open: price,
+                    waiters: Vec::new(),
+                    prune_at: MIN_PRUNE,
+                }),
+            }
         });
-        reg.by_name.insert(Arc::clone(&name), Arc::clone(&sym));
-        let at = reg.names.binary_search(&name).unwrap_or_else(|i| i);
-        reg.names.insert(at, name);
-        self.metrics
-            .symbols
-            .store(reg.names.len() as u64, Ordering::Relaxed);
-        Ok((sym, true))
+        match created {
+            Ok((sym, new)) => {
+                if new {
+                    self.metrics
+                        .symbols
+                        .store(self.symbols.len() as u64, Ordering::Relaxed);
+                }
+                Ok((sym, new))
+            }
+            Err(Full { max }) => Err(ApiError::SymbolLimit { max }),
+        }
     }
 
     /// Add a symbol at its opening price (start-up); an existing one is left as it is.
@@ -440,7 +413,6 @@ impl QuoteBook {
     /// Wake every waiting poll (answered empty) and refuse to park new ones.
     pub fn shutdown(&self) {
         self.sweeper.shutdown();
-        self.sweeper.stop();
         if let Ok(mut tx) = self.wake_tx.lock() {
             tx.take();
         }

@@ -3,6 +3,7 @@
 //! Map of the modules:
 //! - [`config`]: CLI flags and env vars, validated into one `Config`.
 //! - [`book`]: the quote book: prices, sequence numbers, waiters; **where a long-poll waits**.
+//! - [`table`]: the lock-free name -> symbol table.
 //! - [`waiter`]: one parked poll, and the sweeper thread that ends polls whose time is up.
 //! - [`feed`]: the built-in random quote feed.
 //! - [`routes`]: routing and request parsing, plain functions from request to reply.
@@ -21,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod table;
 pub mod waiter;
 
 pub use config::Config;

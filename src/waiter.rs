@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use may::sync::{Blocker, Mutex};
+use may::sync::Blocker;
 
 const WAITING: u8 = 0;
 const WOKEN: u8 = 1;
@@ -93,99 +93,99 @@ impl PartialEq for Entry {
 }
 impl Eq for Entry {}
 
+/// The sweeper thread's own deadline heap (no lock: only that thread touches it).
 struct Deadlines {
     heap: BinaryHeap<Entry>,
-    // Answered polls stay in the heap until swept; when the heap reaches this size it is compacted,
-    // and the next threshold is twice what survived, so compaction costs O(1) per add amortized.
+    // Answered polls stay in the heap until their deadline; when the heap reaches this size it is
+    // compacted, and the next threshold is twice what survived: O(1) per entry amortized.
     compact_at: usize,
-    shutting_down: bool,
 }
 
-/// The deadline heap. Handlers add to it (a `may::sync::Mutex`, held for one heap push); only the
-/// sweeper thread removes from it.
+impl Deadlines {
+    fn new() -> Deadlines {
+        Deadlines {
+            heap: BinaryHeap::new(),
+            compact_at: MIN_COMPACT,
+        }
+    }
+
+    fn push(&mut self, e: Entry) {
+        if self.heap.len() >= self.compact_at {
+            self.heap.retain(|e| !e.waiter.is_done());
+            self.compact_at = (self.heap.len() * 2).max(MIN_COMPACT);
+        }
+        self.heap.push(e);
+    }
+}
+
+/// Ends long-polls at their deadline. Handlers hand their deadlines over through a lock-free
+/// queue, so registering a poll never waits on a lock shared by every poll; the sweeper thread
+/// moves them into its private heap and wakes the expired ones.
 pub struct Sweeper {
-    deadlines: Mutex<Deadlines>,
+    incoming: may::queue::mpsc::Queue<Entry>,
+    shutting_down: AtomicBool,
     stopped: AtomicBool,
 }
 
-/// How often the sweeper looks at the heap at most: a timeout fires at most this late.
+/// How often the sweeper looks at its heap: a timeout fires at most this late.
 const SWEEP_TICK: Duration = Duration::from_millis(5);
 const MIN_COMPACT: usize = 1024;
 
 impl Sweeper {
     pub fn new() -> Arc<Sweeper> {
         Arc::new(Sweeper {
-            deadlines: Mutex::new(Deadlines {
-                heap: BinaryHeap::new(),
-                compact_at: MIN_COMPACT,
-                shutting_down: false,
-            }),
+            incoming: may::queue::mpsc::Queue::new(),
+            shutting_down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
         })
     }
 
     /// Arrange for `waiter` to be woken at `deadline`. Returns false when the server is shutting
-    /// down: the caller must answer at once instead of parking.
+    /// down: the caller answers at once instead of parking. (A waiter added while shutdown begins
+    /// is still woken: the sweeper wakes everything it receives from then on.)
     pub fn add(&self, deadline: Instant, waiter: Arc<Waiter>) -> bool {
-        let mut d = self.deadlines.lock().expect("sweeper lock poisoned");
-        if d.shutting_down {
+        if self.is_shutting_down() {
             return false;
         }
-        if d.heap.len() >= d.compact_at {
-            d.heap.retain(|e| !e.waiter.is_done());
-            d.compact_at = (d.heap.len() * 2).max(MIN_COMPACT);
-        }
-        d.heap.push(Entry { deadline, waiter });
+        self.incoming.push(Entry { deadline, waiter });
         true
     }
 
-    /// Wake every waiter whose deadline is at or before `now`; returns the next deadline.
-    fn sweep(&self, now: Instant) -> Option<Instant> {
-        let mut expired = Vec::new();
-        let next = {
-            let mut d = self.deadlines.lock().expect("sweeper lock poisoned");
-            while d.heap.peek().is_some_and(|e| e.deadline <= now) {
-                if let Some(e) = d.heap.pop() {
-                    expired.push(e.waiter);
-                }
-            }
-            d.heap.peek().map(|e| e.deadline)
-        };
-        // Wake outside the lock so handlers adding deadlines are not held up by the unparks.
-        for w in expired {
-            w.wake();
+    /// Take in new deadlines, wake every waiter whose deadline is at or before `now` (all of
+    /// them once shutting down); returns the next deadline.
+    fn sweep(&self, d: &mut Deadlines, now: Instant) -> Option<Instant> {
+        while let Some(e) = self.incoming.pop() {
+            d.push(e);
         }
-        next
+        let all = self.is_shutting_down();
+        while d.heap.peek().is_some_and(|e| all || e.deadline <= now) {
+            if let Some(e) = d.heap.pop() {
+                e.waiter.wake();
+            }
+        }
+        d.heap.peek().map(|e| e.deadline)
     }
 
-    /// Refuse new waits and wake every waiting poll now (they answer empty).
+    /// Refuse new waits and wake every waiting poll (they answer empty) within one sweep tick.
     pub fn shutdown(&self) {
-        let all = {
-            let mut d = self.deadlines.lock().expect("sweeper lock poisoned");
-            d.shutting_down = true;
-            std::mem::take(&mut d.heap)
-        };
-        for e in all {
-            e.waiter.wake();
-        }
+        self.shutting_down.store(true, Ordering::Release);
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.deadlines
-            .lock()
-            .map(|d| d.shutting_down)
-            .unwrap_or(true)
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     /// Run the sweeper on its own OS thread (not a may worker: it sleeps with `std::thread::sleep`).
+    /// It keeps running through shutdown, so no waiter added late is left parked.
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("sweeper".into())
             .spawn(move || {
+                let mut deadlines = Deadlines::new();
                 while !me.stopped.load(Ordering::Acquire) {
                     let now = Instant::now();
-                    let next = me.sweep(now);
+                    let next = me.sweep(&mut deadlines, now);
                     let nap = next
                         .map(|n| n.saturating_duration_since(now))
                         .unwrap_or(SWEEP_TICK)
@@ -195,6 +195,7 @@ impl Sweeper {
             })
     }
 
+    /// End the sweeper thread (tests; the server's sweeper runs until the process exits).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
     }
@@ -216,12 +217,13 @@ mod tests {
     #[test]
     fn sweep_wakes_only_expired_waiters() {
         let s = Sweeper::new();
+        let mut d = Deadlines::new();
         let now = Instant::now();
         let early = Waiter::new();
         let late = Waiter::new();
         assert!(s.add(now, Arc::clone(&early)));
         assert!(s.add(now + Duration::from_secs(60), Arc::clone(&late)));
-        let next = s.sweep(now + Duration::from_millis(1));
+        let next = s.sweep(&mut d, now + Duration::from_millis(1));
         assert_eq!(next, Some(now + Duration::from_secs(60)));
         early.wait(); // woken by the sweep
         assert_eq!(late.state.load(Ordering::Acquire), WAITING);
@@ -230,23 +232,29 @@ mod tests {
     #[test]
     fn shutdown_wakes_all_and_refuses_new_waits() {
         let s = Sweeper::new();
+        let mut d = Deadlines::new();
         let w = Waiter::new();
         assert!(s.add(Instant::now() + Duration::from_secs(60), Arc::clone(&w)));
+        s.sweep(&mut d, Instant::now());
         s.shutdown();
-        w.wait();
         assert!(!s.add(Instant::now(), Waiter::new()));
+        assert_eq!(s.sweep(&mut d, Instant::now()), None);
+        w.wait();
         assert!(s.is_shutting_down());
     }
 
     #[test]
     fn answered_waiters_are_compacted_out_of_the_heap() {
-        let s = Sweeper::new();
+        let mut d = Deadlines::new();
         let far = Instant::now() + Duration::from_secs(60);
         for _ in 0..(MIN_COMPACT * 3) {
             let w = Waiter::new();
             w.finish();
-            assert!(s.add(far, w));
+            d.push(Entry {
+                deadline: far,
+                waiter: w,
+            });
         }
-        assert!(s.deadlines.lock().unwrap().heap.len() <= MIN_COMPACT + 1);
+        assert!(d.heap.len() <= MIN_COMPACT + 1);
     }
 }
