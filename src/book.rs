@@ -217,6 +217,11 @@ impl QuoteBook {
         Ok(vec![self.sweeper.spawn()?, waker])
     }
 
+    /// The deadline sweeper, shared with the connection layer for idle timeouts.
+    pub fn sweeper(&self) -> &Arc<Sweeper> {
+        &self.sweeper
+    }
+
     /// The last seq handed out: the cursor of "now".
     pub fn current_seq(&self) -> u64 {
         self.seq.load(Ordering::SeqCst)
@@ -381,7 +386,7 @@ impl QuoteBook {
         let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
         let mut reason = Reason::Change;
         if !ready {
-            if self.sweeper.add(deadline, Arc::clone(&waiter)) {
+            if self.sweeper.add(deadline, waiter.clone()) {
                 self.metrics.polls_waiting.fetch_add(1, Ordering::Relaxed);
                 waiter.wait();
                 self.metrics.polls_waiting.fetch_sub(1, Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! Routing and request parsing: plain functions from a [`Request`] to a [`Reply`], no sockets.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -145,11 +146,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A decoded query string; later duplicates of a key are ignored.
-pub struct Query(Vec<(String, String)>);
+/// A decoded query string; later duplicates of a key are ignored. Borrows from the request
+/// unless a value needs decoding (this runs on every poll).
+pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl Query {
-    pub fn parse(query: &str) -> Query {
+impl<'a> Query<'a> {
+    pub fn parse(query: &'a str) -> Query<'a> {
         Query(
             query
                 .split('&')
@@ -166,12 +168,15 @@ impl Query {
         self.0
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 }
 
 /// `%XX` and `+` decoding; malformed escapes are kept literally (they then fail validation).
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }
@@ -195,7 +200,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Upper-case a symbol and check its shape: 1-12 of `A-Z 0-9 . -`.

@@ -2,7 +2,8 @@
 //!
 //! Who wakes whom:
 //! - a publisher wakes the waiters registered on the symbol it changed ([`Waiter::wake`]);
-//! - the sweeper thread wakes waiters whose deadline passed, and all of them on shutdown;
+//! - the sweeper thread wakes waiters whose deadline passed, and all of them on shutdown; it also
+//!   ends idle keep-alive connections (anything that implements [`Expire`]);
 //! - the waiting handler coroutine itself only parks, and marks itself done when it returns.
 //!
 //! Why a sweeper instead of `park(Some(timeout))`: every park with a timeout registers with may's
@@ -70,9 +71,28 @@ impl Waiter {
     }
 }
 
+/// Something the sweeper ends at a deadline: a parked poll, or an idle connection.
+pub trait Expire: Send + Sync {
+    /// Called at (or after) the deadline, or for every entry once the server shuts down.
+    /// Returns a later deadline to be called again at, or `None` when finished.
+    fn expire(&self, now: Instant, shutting_down: bool) -> Option<Instant>;
+    /// Finished early: the sweeper may drop the entry without calling it.
+    fn is_done(&self) -> bool;
+}
+
+impl Expire for Waiter {
+    fn expire(&self, _now: Instant, _shutting_down: bool) -> Option<Instant> {
+        self.wake();
+        None
+    }
+    fn is_done(&self) -> bool {
+        Waiter::is_done(self)
+    }
+}
+
 struct Entry {
     deadline: Instant,
-    waiter: Arc<Waiter>,
+    item: Arc<dyn Expire>,
 }
 
 // Ordered so that the heap's top is the earliest deadline.
@@ -111,7 +131,7 @@ impl Deadlines {
 
     fn push(&mut self, e: Entry) {
         if self.heap.len() >= self.compact_at {
-            self.heap.retain(|e| !e.waiter.is_done());
+            self.heap.retain(|e| !e.item.is_done());
             self.compact_at = (self.heap.len() * 2).max(MIN_COMPACT);
         }
         self.heap.push(e);
@@ -143,11 +163,11 @@ impl Sweeper {
     /// Arrange for `waiter` to be woken at `deadline`. Returns false when the server is shutting
     /// down: the caller answers at once instead of parking. (A waiter added while shutdown begins
     /// is still woken: the sweeper wakes everything it receives from then on.)
-    pub fn add(&self, deadline: Instant, waiter: Arc<Waiter>) -> bool {
+    pub fn add(&self, deadline: Instant, item: Arc<dyn Expire>) -> bool {
         if self.is_shutting_down() {
             return false;
         }
-        self.incoming.push(Entry { deadline, waiter });
+        self.incoming.push(Entry { deadline, item });
         true
     }
 
@@ -158,10 +178,24 @@ impl Sweeper {
             d.push(e);
         }
         let all = self.is_shutting_down();
+        let mut again = Vec::new();
         while d.heap.peek().is_some_and(|e| all || e.deadline <= now) {
             if let Some(e) = d.heap.pop() {
-                e.waiter.wake();
+                if e.item.is_done() {
+                    continue;
+                }
+                if let Some(next) = e.item.expire(now, all) {
+                    // Never re-arm at or before now, or this loop would not end.
+                    let deadline = next.max(now + Duration::from_millis(1));
+                    again.push(Entry {
+                        deadline,
+                        item: e.item,
+                    });
+                }
             }
+        }
+        for e in again {
+            d.push(e);
         }
         d.heap.peek().map(|e| e.deadline)
     }
@@ -221,8 +255,8 @@ mod tests {
         let now = Instant::now();
         let early = Waiter::new();
         let late = Waiter::new();
-        assert!(s.add(now, Arc::clone(&early)));
-        assert!(s.add(now + Duration::from_secs(60), Arc::clone(&late)));
+        assert!(s.add(now, early.clone()));
+        assert!(s.add(now + Duration::from_secs(60), late.clone()));
         let next = s.sweep(&mut d, now + Duration::from_millis(1));
         assert_eq!(next, Some(now + Duration::from_secs(60)));
         early.wait(); // woken by the sweep
@@ -234,7 +268,7 @@ mod tests {
         let s = Sweeper::new();
         let mut d = Deadlines::new();
         let w = Waiter::new();
-        assert!(s.add(Instant::now() + Duration::from_secs(60), Arc::clone(&w)));
+        assert!(s.add(Instant::now() + Duration::from_secs(60), w.clone()));
         s.sweep(&mut d, Instant::now());
         s.shutdown();
         assert!(!s.add(Instant::now(), Waiter::new()));
@@ -252,7 +286,7 @@ mod tests {
             w.finish();
             d.push(Entry {
                 deadline: far,
-                waiter: w,
+                item: w,
             });
         }
         assert!(d.heap.len() <= MIN_COMPACT + 1);

@@ -351,3 +351,37 @@ fn random_feed_moves_prices_by_default() {
     ));
     assert!(!r.prices().is_empty(), "no feed change within 10 s");
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = TestServer::start(&[]);
+    let mut c = Conn::open(s.addr).unwrap();
+    c.send_raw(
+        b"GET /api/quotes?symbols=IBM HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /api/quotes?symbols=MSFT HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /api/symbols HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(c.read_response().unwrap().prices()[0].0, "IBM");
+    assert_eq!(c.read_response().unwrap().prices()[0].0, "MSFT");
+    assert!(c.read_response().unwrap().json()["symbols"].is_array());
+}
+
+#[test]
+fn request_head_larger_than_one_read_is_served() {
+    // A 6 KB cookie: the head arrives in one burst but takes several reads to drain.
+    let s = TestServer::start(&[]);
+    let cookie = format!("big={}", "x".repeat(6000));
+    let mut c = Conn::open(s.addr).unwrap();
+    for _ in 0..2 {
+        c.send(
+            "GET",
+            "/api/quotes?symbols=IBM",
+            &[("Cookie", &cookie)],
+            b"",
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.read_response().unwrap().status, 200);
+    }
+}
