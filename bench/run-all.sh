@@ -37,6 +37,22 @@ SYMBOLS="$(seq -s, -f 'S%g' 0 $((S - 1)))"
 # Client and servers each need ~20,000 sockets at the top end.
 ulimit -n "$(ulimit -Hn)"
 
+# ---------------------------------------------------------------- prerequisites
+# Debian packages: install them when missing (as root), so a fresh clone runs as the README says.
+missing=()
+for tool in wrk nginx jq curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+[ -f "${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}" ] || missing+=(nchan)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "[run-all] missing: ${missing[*]}; installing wrk nginx-light libnginx-mod-nchan jq curl" >&2
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light libnginx-mod-nchan jq curl >/dev/null
+  else
+    echo "run as root, or: sudo apt-get install wrk nginx-light libnginx-mod-nchan jq curl" >&2
+    exit 1
+  fi
+fi
+
 if [ "$QUICK" = 1 ]; then
   WRK_SECS=3; W1="-c 100 -u 50 -d 5"; W2="-c 1000 -u 30 -d 5"; W3_C=2000; W4_C=1000
   W5_C=1000; W5_D=5; W5_RATES="50 200"; W5_BISECT=0
