@@ -44,15 +44,7 @@ fn snapshot_returns_every_requested_quote_and_a_cursor() {
 fn poll_wakes_on_a_publish() {
     let s = TestServer::start(&[]);
     let cursor = s.cursor("IBM");
-    let mut poll = Conn::open(s.addr).unwrap();
-    poll.send(
-        "GET",
-        &format!("/api/poll?symbols=IBM&cursor={cursor}"),
-        &[],
-        b"",
-        true,
-    )
-    .unwrap();
+    let mut poll = s.send_poll(&format!("symbols=IBM&cursor={cursor}"));
     s.wait_for_metric("comet_polls_waiting", 1);
     let seq = s.publish("IBM", 150.25);
     let r = poll.read_response().unwrap();
@@ -67,15 +59,7 @@ fn poll_for_two_symbols_wakes_on_either() {
     let s = TestServer::start(&[]);
     for (changed, price) in [("MSFT", 301.5), ("IBM", 99.75)] {
         let cursor = s.cursor("IBM,MSFT");
-        let mut poll = Conn::open(s.addr).unwrap();
-        poll.send(
-            "GET",
-            &format!("/api/poll?symbols=IBM,MSFT&cursor={cursor}"),
-            &[],
-            b"",
-            true,
-        )
-        .unwrap();
+        let mut poll = s.send_poll(&format!("symbols=IBM,MSFT&cursor={cursor}"));
         s.wait_for_metric("comet_polls_waiting", 1);
         s.publish(changed, price);
         let r = poll.read_response().unwrap();
@@ -100,9 +84,7 @@ fn poll_returns_at_once_when_cursor_is_behind() {
 #[test]
 fn poll_without_cursor_waits_for_the_next_change() {
     let s = TestServer::start(&[]);
-    let mut poll = Conn::open(s.addr).unwrap();
-    poll.send("GET", "/api/poll?symbols=IBM", &[], b"", true)
-        .unwrap();
+    let mut poll = s.send_poll("symbols=IBM");
     s.wait_for_metric("comet_polls_waiting", 1);
     s.publish("IBM", 42.0);
     assert_eq!(
@@ -310,18 +292,7 @@ fn sigterm_answers_waiting_polls_then_exits() {
     let mut s = TestServer::start(&["--poll-timeout", "60"]);
     let cursor = s.cursor("IBM");
     let mut polls: Vec<Conn> = (0..3)
-        .map(|_| {
-            let mut c = Conn::open(s.addr).unwrap();
-            c.send(
-                "GET",
-                &format!("/api/poll?symbols=IBM&cursor={cursor}"),
-                &[],
-                b"",
-                true,
-            )
-            .unwrap();
-            c
-        })
+        .map(|_| s.send_poll(&format!("symbols=IBM&cursor={cursor}")))
         .collect();
     s.wait_for_metric("comet_polls_waiting", 3);
     let started = Instant::now();

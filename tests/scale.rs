@@ -100,18 +100,7 @@ fn thousand_held_polls_on_at_most_twenty_threads_all_get_the_change() {
     let s = TestServer::start(&["--poll-timeout", "60"]);
     let cursor = s.cursor("IBM");
     let mut polls: Vec<Conn> = (0..N)
-        .map(|_| {
-            let mut c = Conn::open(s.addr).expect("connect");
-            c.send(
-                "GET",
-                &format!("/api/poll?symbols=IBM,MSFT&cursor={cursor}"),
-                &[],
-                b"",
-                true,
-            )
-            .unwrap();
-            c
-        })
+        .map(|_| s.send_poll(&format!("symbols=IBM,MSFT&cursor={cursor}")))
         .collect();
     s.wait_for_metric("comet_polls_waiting", N as u64);
     let threads = thread_count(s.pid());

@@ -7,27 +7,9 @@
 -- Usage: wrk -t2 -c100 -d10s --timeout 10s -s bench/wrk/poll.lua http://127.0.0.1:8090
 -- Env: SYMBOLS_N (50), SYMBOL_PREFIX ("S"), K (5), POLL_TIMEOUT seconds (5; keep it under wrk's
 -- --timeout so a quiet period is not counted as a wrk timeout).
-local n = tonumber(os.getenv("SYMBOLS_N") or "50")
-local prefix = os.getenv("SYMBOL_PREFIX") or "S"
-local k = tonumber(os.getenv("K") or "5")
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 local poll_timeout = os.getenv("POLL_TIMEOUT") or "5"
-
-local threads = {}
-local counter = 0
-function setup(thread)
-  counter = counter + 1
-  thread:set("id", counter)
-  table.insert(threads, thread)
-end
-
-local function symbol_set()
-  local picked, list = {}, {}
-  while #list < math.min(k, n) do
-    local i = math.random(0, n - 1)
-    if not picked[i] then picked[i] = true; list[#list + 1] = prefix .. i end
-  end
-  return table.concat(list, ",")
-end
+setup = common.setup
 
 -- The cursor is a microsecond-scale integer (~1.7e15), exact in a Lua double but kept as the string
 -- the server sent so it is never reformatted (e.g. as 1.7e+15).
@@ -40,7 +22,7 @@ local next_set = 1
 
 function init(args)
   math.randomseed(2000 + (id or 0))
-  for i = 1, 64 do sets[i] = symbol_set() end
+  for i = 1, 64 do sets[i] = common.symbol_set() end
 end
 
 function request()
@@ -62,17 +44,10 @@ end
 
 function done(summary, latency, requests_stats)
   local ch, em, bd = 0, 0, 0
-  for _, t in ipairs(threads) do
+  for _, t in ipairs(common.threads) do
     ch = ch + (t:get("changes") or 0)
     em = em + (t:get("empty") or 0)
     bd = bd + (t:get("bad") or 0)
   end
-  local e = summary.errors
-  io.write(string.format(
-    'wrk-json {"script":"poll","requests":%d,"rps":%.1f,"p50_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f,' ..
-    '"changes":%d,"empty":%d,"bad":%d,' ..
-    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}}\n',
-    summary.requests, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000,
-    ch, em, bd, e.connect, e.read, e.write, e.status, e.timeout))
+  common.report("poll", string.format('"changes":%d,"empty":%d,"bad":%d,', ch, em, bd), summary, latency)
 end

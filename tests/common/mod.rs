@@ -74,6 +74,15 @@ impl TestServer {
         request(self.addr, "POST", path, &[], body.as_bytes())
     }
 
+    /// Open a connection and send `GET /api/poll?{query}` on it (with `Connection: close`);
+    /// the answer is read later, from the returned connection.
+    pub fn send_poll(&self, query: &str) -> Conn {
+        let mut c = Conn::open(self.addr).expect("connect");
+        c.send("GET", &format!("/api/poll?{query}"), &[], b"", true)
+            .expect("send poll");
+        c
+    }
+
     /// Publish one price; returns the new seq.
     pub fn publish(&self, symbol: &str, price: f64) -> u64 {
         let r = self.post(
