@@ -57,17 +57,12 @@ struct SymbolState {
 /// A symbol in the book. Touched by publishers (change), by polls (register, read) and by nobody
 /// else; its lock is a `may::sync::Mutex` so a contended lock parks the coroutine, not the thread.
 pub struct Symbol {
-    name: Arc<str>,
     state: Mutex<SymbolState>,
 }
 
 const MIN_PRUNE: usize = 64;
 
 impl Symbol {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     fn lock(&self) -> may::sync::MutexGuard<'_, SymbolState> {
         // A panic while holding this lock would be a bug in this module; the state is still
         // consistent field by field, so keep serving rather than poison every later request.
@@ -261,14 +256,13 @@ impl QuoteBook {
             // The creation is itself a change and takes a seq like any other, before the symbol
             // becomes reachable (so no reader can see it without its seq).
             let quote = Quote {
-                symbol: Arc::clone(&name),
+                symbol: name,
                 price,
                 change: 0.0,
                 seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
                 ts: now_micros(),
             };
             Symbol {
-                name,
                 state: Mutex::new(SymbolState {
                     json: serialize(&quote),
                     quote,

@@ -119,10 +119,6 @@ impl Server {
         self.addr
     }
 
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
-    }
-
     /// Answer every waiting poll at once (empty, same cursor), then wait, at most the shutdown
     /// grace, until the answers in flight are written. Returns true if they all were.
     pub fn shutdown(&self) -> bool {

@@ -114,7 +114,7 @@ impl may_minihttp::HttpService for Service {
         let head_only = req.method() == "HEAD";
         self.app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let reply: Reply = match self.request(req) {
-            Ok(req) => routes::handle(&self.app, &req),
+            Ok(req) => routes::handle(&self.app, req),
             Err(e) => {
                 let r = routes::error_reply(&e);
                 self.app.metrics.count_request(r.status);

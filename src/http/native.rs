@@ -72,7 +72,9 @@ impl Drop for Open<'_> {
 /// busy answering), marks it expired and wakes the coroutine, which then closes the connection.
 struct IdleWatch {
     waker: WaitIoWaker,
-    idle: Duration,
+    /// The idle timeout in milliseconds (a u32, not a Duration: one allocation per connection,
+    /// kept for its whole life, 16 bytes smaller).
+    idle_ms: u32,
     start: Instant,
     /// Milliseconds after `start` of the last request byte read or answer written.
     last_active: AtomicU64,
@@ -91,6 +93,10 @@ impl IdleWatch {
     fn is_expired(&self) -> bool {
         self.expired.load(Ordering::Acquire)
     }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(u64::from(self.idle_ms))
+    }
 }
 
 impl Expire for IdleWatch {
@@ -99,11 +105,11 @@ impl Expire for IdleWatch {
             return None;
         }
         if self.busy.load(Ordering::Acquire) {
-            return Some(now + self.idle);
+            return Some(now + self.idle());
         }
         let due = self.start
             + Duration::from_millis(self.last_active.load(Ordering::Relaxed))
-            + self.idle;
+            + self.idle();
         if due > now && !shutting_down {
             return Some(due);
         }
@@ -135,7 +141,8 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
     }
     let watch = Arc::new(IdleWatch {
         waker: stream.waker(),
-        idle: app.config.idle_timeout,
+        // At least 1 ms; the config caps the timeout at a day, far below u32::MAX ms.
+        idle_ms: (app.config.idle_timeout.as_millis() as u32).max(1),
         start: Instant::now(),
         last_active: AtomicU64::new(0),
         busy: AtomicBool::new(false),
@@ -144,7 +151,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
     });
     let sweeper = Arc::clone(app.book.sweeper());
     if !sweeper.add(
-        watch.start + watch.idle,
+        watch.start + watch.idle(),
         Arc::clone(&watch) as Arc<dyn Expire>,
     ) {
         return; // shutting down
@@ -167,8 +174,9 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                 }
                 watch.busy.store(true, Ordering::Release);
                 app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                let reply = routes::handle(&app, &req);
-                let written = write_reply(&mut stream, &reply, req.method == "HEAD", keep_alive);
+                let head_only = req.method == "HEAD";
+                let reply = routes::handle(&app, req);
+                let written = write_reply(&mut stream, &reply, head_only, keep_alive);
                 app.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                 watch.touch();
                 watch.busy.store(false, Ordering::Release);
