@@ -375,8 +375,8 @@ impl QuoteBook {
 
         let waiter = Waiter::new();
         let ready = symbols.iter().any(|s| s.register(cursor, &waiter));
-        // may keeps timeouts in whole milliseconds and a sub-millisecond wait never fires: round
-        // every wait up to at least 1 ms.
+        // Round every wait up to at least 1 ms: the sweeper sleeps in whole milliseconds, and a
+        // may wait under 1 ms never fires (should this ever wait on a may timer instead).
         let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
         let mut reason = Reason::Change;
         if !ready {
