@@ -19,6 +19,7 @@
 //! waiters outside the lock: no waiter ever queues on a shared lock to be woken. Woken handlers
 //! copy the pre-serialized bytes (an `Arc<[u8]>` clone under a short per-symbol lock).
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -141,9 +142,8 @@ impl Answer {
     pub fn to_json(&self) -> Vec<u8> {
         let len: usize = self.quotes.iter().map(|q| q.len() + 1).sum();
         let mut out = Vec::with_capacity(len + 48);
-        out.extend_from_slice(b"{\"cursor\":");
-        out.extend_from_slice(self.cursor.to_string().as_bytes());
-        out.extend_from_slice(b",\"quotes\":[");
+        // Writing into a Vec cannot fail; no temporary String for the number.
+        let _ = write!(out, "{{\"cursor\":{},\"quotes\":[", self.cursor);
         for (i, q) in self.quotes.iter().enumerate() {
             if i > 0 {
                 out.push(b',');

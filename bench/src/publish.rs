@@ -171,9 +171,8 @@ const MAX_IN_FLIGHT: usize = 512;
 struct Answered {
     idx: usize,
     send_us: u64,
-    ok: bool,
-    resp_us: u64,
-    error: Option<String>,
+    /// The answer time in µs, or why the publish failed.
+    outcome: Result<u64, String>,
 }
 
 /// Reads the answers of one pipelined connection in order. Stops at the first error; the requests
@@ -188,55 +187,38 @@ fn lane_reader(
     let mut buf = Vec::new();
     let mut failed_from: Option<String> = None;
     while let Ok((idx, send_us, t0)) = queue.recv() {
-        let a = if let Some(e) = &failed_from {
-            Answered {
-                idx,
-                send_us,
-                ok: false,
-                resp_us: 0,
-                error: Some(e.clone()),
-            }
+        let outcome = if let Some(e) = &failed_from {
+            Err(e.clone())
         } else {
             match http::read_response(&mut stream, &mut buf, false) {
-                Ok(r) if (200..300).contains(&r.status) => {
-                    if r.close {
-                        failed_from = Some("server closed the publish connection".into());
-                        broken.store(true, Ordering::Relaxed);
-                    }
-                    Answered {
-                        idx,
-                        send_us,
-                        ok: true,
-                        resp_us: t0.elapsed().as_micros() as u64,
-                        error: None,
-                    }
-                }
                 Ok(r) => {
-                    let e = format!("HTTP {} {}", r.status, String::from_utf8_lossy(&r.body));
+                    let ok = (200..300).contains(&r.status);
+                    let e = if ok {
+                        "server closed the publish connection".to_string()
+                    } else {
+                        format!("HTTP {} {}", r.status, String::from_utf8_lossy(&r.body))
+                    };
                     if r.close {
                         failed_from = Some(e.clone());
                         broken.store(true, Ordering::Relaxed);
                     }
-                    Answered {
-                        idx,
-                        send_us,
-                        ok: false,
-                        resp_us: 0,
-                        error: Some(e),
+                    if ok {
+                        Ok(t0.elapsed().as_micros() as u64)
+                    } else {
+                        Err(e)
                     }
                 }
                 Err(e) => {
                     failed_from = Some(e.to_string());
                     broken.store(true, Ordering::Relaxed);
-                    Answered {
-                        idx,
-                        send_us,
-                        ok: false,
-                        resp_us: 0,
-                        error: Some(e.to_string()),
-                    }
+                    Err(e.to_string())
                 }
             }
+        };
+        let a = Answered {
+            idx,
+            send_us,
+            outcome,
         };
         in_flight.fetch_sub(1, Ordering::Relaxed);
         if done.send(a).is_err() {
@@ -280,9 +262,7 @@ fn failed(idx: usize, e: &io::Error) -> Answered {
     Answered {
         idx,
         send_us: 0,
-        ok: false,
-        resp_us: 0,
-        error: Some(e.to_string()),
+        outcome: Err(e.to_string()),
     }
 }
 
@@ -390,16 +370,19 @@ pub fn run(plan: &PubPlan, start: Instant, stop_at: Instant) -> PubOutcome {
     };
     let (mut lo, mut hi) = (u64::MAX, 0u64);
     for a in done_rx.try_iter() {
-        if a.ok {
-            out.send_us[a.idx] = a.send_us;
-            out.sent += 1;
-            out.resp.record(a.resp_us);
-            lo = lo.min(a.send_us);
-            hi = hi.max(a.send_us);
-        } else {
-            out.failed += 1;
-            if out.first_error.is_none() {
-                out.first_error = a.error;
+        match a.outcome {
+            Ok(resp_us) => {
+                out.send_us[a.idx] = a.send_us;
+                out.sent += 1;
+                out.resp.record(resp_us);
+                lo = lo.min(a.send_us);
+                hi = hi.max(a.send_us);
+            }
+            Err(e) => {
+                out.failed += 1;
+                if out.first_error.is_none() {
+                    out.first_error = Some(e);
+                }
             }
         }
     }

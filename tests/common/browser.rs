@@ -544,10 +544,7 @@ pub struct RequestHead {
 
 impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::common::find_header(&self.headers, name)
     }
 
     /// The path of the request line.
