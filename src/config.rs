@@ -38,6 +38,10 @@ pub struct Cli {
     #[arg(long, env = "COMET_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Pin coroutine worker i to CPU core i (only for cores the server has to itself).
+    #[arg(long, env = "COMET_PIN_WORKERS")]
+    pub pin_workers: bool,
+
     /// Coroutine stack size in KiB (each request runs on one coroutine).
     #[arg(long, env = "COMET_STACK_KIB", default_value_t = 64)]
     pub stack_kib: usize,
@@ -100,6 +104,7 @@ pub struct Cli {
 pub struct Config {
     pub listen: SocketAddr,
     pub workers: usize,
+    pub pin_workers: bool,
     pub stack_bytes: usize,
     pub poll_timeout: Duration,
     pub max_poll_timeout: Duration,
@@ -192,6 +197,7 @@ impl Cli {
         Ok(Config {
             listen: self.listen,
             workers,
+            pin_workers: self.pin_workers,
             stack_bytes: self.stack_kib * 1024,
             poll_timeout,
             max_poll_timeout,

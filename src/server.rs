@@ -33,6 +33,11 @@ pub fn configure_runtime(config: &Config) {
     may::config()
         .set_workers(config.workers)
         .set_stack_size(config.stack_bytes / std::mem::size_of::<usize>());
+    // may pins worker i to core i unless told otherwise. A pinned worker cannot move off a core
+    // that another process (a proxy, a client, a second server) wakes up on, and waits behind it:
+    // on the 2-core machine, with the load generator sharing the cores, pinning doubled the
+    // time to fan one change out to 10,000 polls (bench/README.md). So pinning is opt-in.
+    may::config().set_worker_pin(config.pin_workers);
 }
 
 /// A running server.
@@ -58,7 +63,7 @@ impl Server {
     /// Build the book, start the threads, feed and listener. Call `configure_runtime` first.
     pub fn start(config: Config) -> io::Result<Server> {
         let metrics = Arc::new(Metrics::default());
-        let book = QuoteBook::new(config.max_symbols, Arc::clone(&metrics));
+        let book = QuoteBook::new(config.max_symbols, config.workers, Arc::clone(&metrics));
         let seed = config.seed.unwrap_or_else(|| rand::thread_rng().gen());
         let mut rng = StdRng::seed_from_u64(seed);
         for symbol in &config.symbols {

@@ -22,10 +22,12 @@ if alive "$MASTER"; then
   wait_gone 30 || { kill -TERM "$MASTER" 2>/dev/null || true; wait_gone 30; } ||
     { kill -KILL "$MASTER" 2>/dev/null || true; wait_gone 10; } || true
 fi
-# A KILLed master leaves its worker behind; only touch the pid we recorded for this run dir.
-if [ -n "$WORKER" ] && alive "$WORKER" && [ "$(cat "/proc/$WORKER/comm" 2>/dev/null)" = nginx ]; then
-  kill -KILL "$WORKER" 2>/dev/null || true
-fi
+# A KILLed master leaves its workers behind; only touch the pids we recorded for this run dir.
+for w in ${WORKER//,/ }; do
+  if alive "$w" && [ "$(cat "/proc/$w/comm" 2>/dev/null)" = nginx ]; then
+    kill -KILL "$w" 2>/dev/null || true
+  fi
+done
 if alive "$MASTER"; then
   echo "nchan master $MASTER still running" >&2
   exit 1

@@ -25,6 +25,7 @@ pub struct Factory(pub Arc<App>);
 pub struct Service {
     app: Arc<App>,
     peer: Option<IpAddr>,
+    lane: usize,
 }
 
 /// The client address of the connection whose raw fd may_minihttp hands us as the service id.
@@ -40,6 +41,7 @@ impl HttpServiceFactory for Factory {
     type Service = Service;
     fn new_service(&self, id: usize) -> Service {
         Service {
+            lane: self.0.book.lane_of(id),
             app: Arc::clone(&self.0),
             peer: peer_of_fd(id),
         }
@@ -81,6 +83,7 @@ impl Service {
     fn request(&self, req: MiniRequest) -> Result<Request, ApiError> {
         let mut out = Request::new(req.method(), req.path());
         out.peer = self.peer;
+        out.lane = self.lane;
         let mut length = 0usize;
         for h in req.headers() {
             if h.name.eq_ignore_ascii_case("content-length") {

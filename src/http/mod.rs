@@ -22,6 +22,9 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The client's address, where the engine knows it.
     pub peer: Option<IpAddr>,
+    /// The waiter lane of the connection's socket (`QuoteBook::lane_of`): a held poll is woken on
+    /// the may worker that also reads its socket. 0 where the engine does not tell.
+    pub lane: usize,
 }
 
 impl Request {

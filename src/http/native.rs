@@ -8,6 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,6 +131,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
         .fetch_add(1, Ordering::Relaxed);
     let _open = Open(&app);
     let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let lane = app.book.lane_of(stream.as_raw_fd() as usize);
     // Answers are single small writes that must leave at once: no Nagle delay.
     let _ = stream.set_nodelay(true);
     // A client that stops reading its answer holds the coroutine at most this long.
@@ -167,7 +169,8 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
             &watch,
             &mut drained,
         ) {
-            Ok(Some((req, keep_alive))) => {
+            Ok(Some((mut req, keep_alive))) => {
+                req.lane = lane;
                 if buf.is_empty() {
                     // Free the read buffer while the handler (maybe a minute-long poll) runs.
                     buf = Vec::new();
