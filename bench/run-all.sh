@@ -14,6 +14,9 @@
 #   SKIP_BUILD=1      use the binaries already built
 #   CARGO_TARGET_DIR  honoured (binaries are taken from $CARGO_TARGET_DIR/release, default target/)
 #   OURS_BIN=path     the comet-quotes binary to test (default: the one just built)
+#   WORKER_COUNTS="1 2"   worker counts at which w1 and w4 run, for both servers (labels w1-1w, w4-2w, ...)
+#   OURS_WORKERS=N    comet-quotes --workers for the other workloads (default: its own default)
+#   NCHAN_WORKERS=N   nginx worker processes for the other workloads (default 1)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +28,9 @@ GROUP="${GROUP:-$(date -u +%Y%m%dT%H%M%SZ)}"
 QUICK="${QUICK:-0}"
 TARGETS="${TARGETS:-ours nchan}"
 WORKLOADS="${WORKLOADS:-wrk w1 w2 w3 w4 w5}"
+WORKER_COUNTS="${WORKER_COUNTS:-1 2}"
+OURS_WORKERS="${OURS_WORKERS:-}"
+NCHAN_WORKERS="${NCHAN_WORKERS:-1}"
 RESULTS="${RESULTS:-$BENCH/results/runs.jsonl}"
 RUN_DIR="$(mktemp -d /tmp/comet-bench-run.XXXXXX)"
 OURS_ADDR=127.0.0.1:8090
@@ -54,10 +60,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 if [ "$QUICK" = 1 ]; then
-  WRK_SECS=3; W1="-c 100 -u 50 -d 5"; W2="-c 1000 -u 30 -d 5"; W3_C=2000; W4_C=1000
+  WRK_SECS=3; W1="-c 100 -u 50 -d 5"; W2="-c 1000 -u 30 -d 5"; W3_C=2000; W4="-c 1000 --fanout-rounds 5"
   W5_C=1000; W5_D=5; W5_RATES="50 200"; W5_BISECT=0
 else
-  WRK_SECS=10; W1="-c 1000 -u 200 -d 20"; W2="-c 10000 -u 30 -d 20"; W3_C=19000; W4_C=10000
+  WRK_SECS=10; W1="-c 1000 -u 200 -d 20"; W2="-c 10000 -u 30 -d 20"; W3_C=19000; W4="-c 10000 --fanout-rounds 20"
   W5_C=10000; W5_D=10; W5_RATES="25 50 100 200 400 800 1600 3200"; W5_BISECT=2
 fi
 
@@ -116,15 +122,18 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# The worker count of the next start: WORKERS when set (w1/w4 sweep), else OURS_WORKERS/NCHAN_WORKERS.
+WORKERS=""
 start_ours() {
-  "$OURS_BIN" --listen "$OURS_ADDR" --no-feed --symbols "$SYMBOLS" > "$RUN_DIR/ours.log" 2>&1 &
+  local w=${WORKERS:-$OURS_WORKERS}
+  "$OURS_BIN" --listen "$OURS_ADDR" --no-feed --symbols "$SYMBOLS" ${w:+--workers "$w"} > "$RUN_DIR/ours.log" 2>&1 &
   OURS_PID=$!
   wait_line "$RUN_DIR/ours.log" "comet-quotes listening on" ||
     { echo "comet-quotes did not start; log:" >&2; cat "$RUN_DIR/ours.log" >&2; exit 1; }
 }
 stop_ours() { stop_pid "$OURS_PID"; OURS_PID=""; }
 
-start_nchan() { "$BENCH/nchan/start.sh" "$NCHAN_PORT" "$NCHAN_RUN_DIR" >&2; }
+start_nchan() { NCHAN_WORKERS="${WORKERS:-$NCHAN_WORKERS}" "$BENCH/nchan/start.sh" "$NCHAN_PORT" "$NCHAN_RUN_DIR" >&2; }
 stop_nchan() { "$BENCH/nchan/stop.sh" "$NCHAN_RUN_DIR" >&2; }
 
 start_hello() {
@@ -199,17 +208,33 @@ lat() {
   local target=$1 label=$2; shift 2
   fresh "$target"
   log "latency $label against $target: $*"
+  local w=${WORKERS:-}
+  [ -n "$w" ] || case "$target" in ours) w=$OURS_WORKERS ;; nchan) w=$NCHAN_WORKERS ;; esac
   timeout 900 "$BIN/latency" --target "$target" --url "$URL" --server-pid "$SERVER_PID" \
-    --group "$GROUP" --label "$label" --results "$RESULTS" -s "$S" -k 5 "$@" 2>&1 |
+    --group "$GROUP" --label "$label" --results "$RESULTS" -s "$S" -k 5 ${w:+--server-workers "$w"} "$@" 2>&1 |
     tee "$RUN_DIR/$label-$target.out" || log "latency $label against $target failed (see above)"
 }
 sustained() { grep -q '^verdict: sustained' "$RUN_DIR/$1-$2.out"; }
 
+# w1 and w4 at every worker count, the two servers one after the other at each, so that paired
+# runs are minutes apart at most (labels w1-1w, w4-2w, ...).
+for WORKERS in $WORKER_COUNTS; do
+  for workload in w1 w4; do
+    [[ " $WORKLOADS " == *" $workload "* ]] || continue
+    for target in $TARGETS; do
+      case "$workload" in
+        w1) lat "$target" "w1-${WORKERS}w" $W1 ;;
+        w4) lat "$target" "w4-${WORKERS}w" --fanout $W4 ;;
+      esac
+    done
+  done
+done
+WORKERS=""
+stop_ours; stop_nchan >/dev/null 2>&1 || true
+
 for target in $TARGETS; do
-  [[ " $WORKLOADS " == *" w1 "* ]] && lat "$target" w1 $W1
-  [[ " $WORKLOADS " == *" w2 "* ]] && lat "$target" w2 $W2
-  [[ " $WORKLOADS " == *" w3 "* ]] && lat "$target" w3 --hold -c "$W3_C"
-  [[ " $WORKLOADS " == *" w4 "* ]] && lat "$target" w4 --fanout -c "$W4_C"
+  if [[ " $WORKLOADS " == *" w2 "* ]]; then lat "$target" w2 $W2; fi
+  if [[ " $WORKLOADS " == *" w3 "* ]]; then lat "$target" w3 --hold -c "$W3_C"; fi
   if [[ " $WORKLOADS " == *" w5 "* ]]; then
     # Highest U sustained at C=W5_C: double until a rate falls behind (at most the listed rates),
     # then bisect W5_BISECT times between the last good and the first bad rate.

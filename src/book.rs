@@ -304,12 +304,12 @@ impl QuoteBook {
     }
 
     /// Look a (normalized) symbol up.
-    pub fn get(&self, name: &str) -> Option<Arc<Symbol>> {
+    pub fn get(&self, name: &str) -> Option<&Symbol> {
         self.symbols.get(name)
     }
 
     /// Resolve every name or fail on the first unknown one.
-    pub fn resolve(&self, names: &[String]) -> Result<Vec<Arc<Symbol>>, ApiError> {
+    pub fn resolve(&self, names: &[String]) -> Result<Vec<&Symbol>, ApiError> {
         names
             .iter()
             .map(|n| {
@@ -320,7 +320,7 @@ impl QuoteBook {
             .collect()
     }
 
-    fn get_or_create(&self, name: &str, price: f64) -> Result<(Arc<Symbol>, bool), ApiError> {
+    fn get_or_create(&self, name: &str, price: f64) -> Result<(&Symbol, bool), ApiError> {
         let created = self.symbols.get_or_insert_with(name, |name| {
             // The creation is itself a change and takes a seq like any other, before the symbol
             // becomes reachable (so no reader can see it without its seq).
@@ -392,7 +392,7 @@ impl QuoteBook {
     }
 
     /// The latest quotes of `symbols`, at once.
-    pub fn snapshot(&self, symbols: &[Arc<Symbol>]) -> Answer {
+    pub fn snapshot(&self, symbols: &[&Symbol]) -> Answer {
         let cursor = self.current_seq();
         // Each guard lives only while its bytes are copied.
         let quotes = symbols.iter().map(|s| LatestJson(s.latest()));
@@ -400,7 +400,7 @@ impl QuoteBook {
     }
 
     /// Every quote of `symbols` with `cursor < seq <= g`, read after loading `g` (module doc).
-    fn changes_since(&self, symbols: &[Arc<Symbol>], cursor: u64) -> Answer {
+    fn changes_since(&self, symbols: &[&Symbol], cursor: u64) -> Answer {
         let g = self.current_seq();
         let quotes = symbols
             .iter()
@@ -416,7 +416,7 @@ impl QuoteBook {
     /// faster.
     pub fn poll(
         &self,
-        symbols: &[Arc<Symbol>],
+        symbols: &[&Symbol],
         cursor: Option<u64>,
         timeout: Duration,
         lane: usize,

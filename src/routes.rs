@@ -1,7 +1,6 @@
 //! Routing and request parsing: plain functions from a [`Request`] to a [`Reply`], no sockets.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -92,10 +91,10 @@ fn route(app: &App, req: Request) -> Result<Reply, ApiError> {
     }
 }
 
-type PollParams = (Vec<Arc<Symbol>>, Option<u64>, Duration);
+type PollParams<'a> = (Vec<&'a Symbol>, Option<u64>, Duration);
 
 /// The symbols, cursor and timeout of a `/api/poll` query.
-fn poll_params(app: &App, query: &str) -> Result<PollParams, ApiError> {
+fn poll_params<'a>(app: &'a App, query: &str) -> Result<PollParams<'a>, ApiError> {
     let q = Query::parse(query);
     let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
     let cursor = parse_cursor(q.get("cursor"))?;

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use may::sync::Mutex;
 
 /// A slot: empty until set, once, to a name and its value.
-type Slot<T> = OnceLock<(Arc<str>, Arc<T>)>;
+type Slot<T> = OnceLock<(Arc<str>, T)>;
 
 /// An insert-only table of at most `max` values keyed by name.
 pub struct Table<T> {
@@ -48,14 +48,16 @@ impl<T> Table<T> {
         (self.hasher.hash_one(name) as usize) & (self.slots.len() - 1)
     }
 
-    /// The value named `name`, without locking.
-    pub fn get(&self, name: &str) -> Option<Arc<T>> {
+    /// The value named `name`, without locking. A reference, not an `Arc` clone: values live as
+    /// long as the table, and thousands of polls woken together would otherwise all write one
+    /// shared reference count.
+    pub fn get(&self, name: &str) -> Option<&T> {
         let mask = self.slots.len() - 1;
         let mut i = self.start(name);
         loop {
             match self.slots[i].get() {
                 None => return None,
-                Some((n, v)) if &**n == name => return Some(Arc::clone(v)),
+                Some((n, v)) if &**n == name => return Some(v),
                 Some(_) => i = (i + 1) & mask,
             }
         }
@@ -67,7 +69,7 @@ impl<T> Table<T> {
         &self,
         name: &str,
         make: impl FnOnce(Arc<str>) -> T,
-    ) -> Result<(Arc<T>, bool), Full> {
+    ) -> Result<(&T, bool), Full> {
         if let Some(v) = self.get(name) {
             return Ok((v, false));
         }
@@ -80,16 +82,17 @@ impl<T> Table<T> {
             return Err(Full { max: self.max });
         }
         let name: Arc<str> = name.into();
-        let value = Arc::new(make(Arc::clone(&name)));
+        let value = make(Arc::clone(&name));
         let mask = self.slots.len() - 1;
         let mut i = self.start(&name);
         while self.slots[i].get().is_some() {
             i = (i + 1) & mask;
         }
-        // Cannot fail: only writers set slots, and they hold `writer`.
-        let _ = self.slots[i].set((Arc::clone(&name), Arc::clone(&value)));
         let at = names.binary_search(&name).unwrap_or_else(|i| i);
-        names.insert(at, name);
+        names.insert(at, Arc::clone(&name));
+        // Cannot fail: only writers set slots, and they hold `writer`.
+        let _ = self.slots[i].set((name, value));
+        let value = &self.slots[i].get().expect("set just now").1;
         Ok((value, true))
     }
 
@@ -119,7 +122,7 @@ mod tests {
             assert!(new);
         }
         for i in 0..100u32 {
-            assert_eq!(t.get(&format!("S{i}")).as_deref(), Some(&i));
+            assert_eq!(t.get(&format!("S{i}")), Some(&i));
         }
         assert!(t.get("S100").is_none());
         assert_eq!(t.len(), 100);

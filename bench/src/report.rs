@@ -175,6 +175,11 @@ const ROWS: &[(&str, &str, Fmt)] = &[
         Fmt::F3,
     ),
     (
+        "fan-out last arrival, worst ms",
+        "/figures/fanout/last_ts_ms_max",
+        Fmt::F3,
+    ),
+    (
         "fan-out last arrival (ts) ms",
         "/figures/fanout/last_ts_ms_median",
         Fmt::F3,

@@ -56,13 +56,14 @@ struct Cli {
     /// last subscriber has it.
     #[arg(long, conflicts_with = "hold")]
     fanout: bool,
-    #[arg(long, default_value_t = 3)]
+    /// Fan-out rounds (changes); p50/p99 cover every delivery of every round.
+    #[arg(long, default_value_t = 20)]
     fanout_rounds: usize,
     /// The symbol of the fan-out (must exist on the server).
     #[arg(long, default_value = "S0")]
     fanout_symbol: String,
     /// Pause before each fan-out round (after which all subscribers must be waiting again).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.5)]
     fanout_gap: f64,
     /// Hold mode: open C idle long-polls, then report server RSS/threads and RSS per connection.
     #[arg(long)]
@@ -134,6 +135,10 @@ struct Cli {
     /// Most per-delivery records kept per worker process (8 bytes each).
     #[arg(long, default_value_t = 30_000_000)]
     max_log: usize,
+    /// The server's worker count (may workers / nginx worker processes), recorded with the run
+    /// so the tables can tell 1-worker and 2-worker runs apart; the bench does not set it.
+    #[arg(long)]
+    server_workers: Option<usize>,
     /// Internal: run as a worker process (spec on stdin).
     #[arg(long, hide = true)]
     child: bool,
@@ -681,11 +686,16 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
                     }));
                 }
             }
-            let median = |key: &str| {
+            let sorted = |key: &str| {
                 let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[key].as_f64()).collect();
                 v.sort_by(|a, b| a.total_cmp(b));
+                v
+            };
+            let median = |key: &str| {
+                let v = sorted(key);
                 v.get(v.len() / 2).copied()
             };
+            let worst = |key: &str| sorted(key).last().copied();
             let text = rounds
                 .iter()
                 .map(|r| {
@@ -700,6 +710,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
                 .join(", ");
             figures["fanout"] = json!({
                 "last_ts_ms_median": median("last_ts_ms"),
+                "last_ts_ms_max": worst("last_ts_ms"),
                 "last_send_ms_median": median("last_send_ms"),
                 "rounds": rounds,
                 "rounds_text": text,
@@ -757,6 +768,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
         "u": if mode == Mode::Run { Some(cli.rate) } else { None },
         "d": if mode == Mode::Run { Some(cli.duration) } else { None },
         "fanout_rounds": if mode == Mode::Fanout { Some(n_planned) } else { None },
+        "server_workers": cli.server_workers,
         "hold_secs": if mode == Mode::Hold { Some(cli.hold_secs) } else { None },
         "seed": seed,
         "workers": n_children,
