@@ -40,9 +40,9 @@ use may::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reason};
 use crate::table::{Full, Table};
-use crate::waiter::{Sweeper, Waiter};
+use crate::waiter::{Hold, Parked, Sweeper, Waiter};
 
 /// One quote as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -183,21 +183,6 @@ pub struct Answer {
     pub reason: Reason,
 }
 
-/// Why a poll was answered (for metrics and logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// A snapshot request.
-    Snapshot,
-    /// Something newer than the cursor (at once, or after waiting).
-    Change,
-    /// Nothing changed within the timeout.
-    Timeout,
-    /// The cursor was ahead of the server: a full snapshot.
-    Resync,
-    /// The server is shutting down.
-    Shutdown,
-}
-
 impl Answer {
     /// `{"cursor":N,"quotes":[...]}` from pre-serialized quotes.
     fn build<B: AsRef<[u8]>>(
@@ -230,6 +215,19 @@ impl Answer {
     fn empty(cursor: u64, reason: Reason) -> Answer {
         Answer::build(cursor, reason, std::iter::empty::<&[u8]>())
     }
+}
+
+/// How a wait for changes ended ([`QuoteBook::wait_since`]).
+#[derive(Debug)]
+pub enum Wait {
+    /// Something newer than the cursor: the answer that carries it.
+    Changed(Answer),
+    /// Nothing changed before the deadline.
+    Timeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// The client closed its connection while it waited.
+    ClientGone,
 }
 
 /// Lists up to this long are woken inline by the publisher; longer ones from a coroutine on their
@@ -410,58 +408,84 @@ impl QuoteBook {
         Answer::build(g, Reason::Change, quotes)
     }
 
+    /// Whether `cursor` is one this run could have handed out: one above the counter can only
+    /// come from elsewhere (another run or node), and is answered with a full snapshot.
+    pub fn is_future(&self, cursor: u64) -> bool {
+        cursor > self.current_seq()
+    }
+
+    /// Wait until one of `symbols` has changed after `cursor`, until `deadline`, or until the
+    /// hold sees the client leave; the heart of both the long-poll and the stream. `lane` is the
+    /// caller's socket's lane ([`QuoteBook::lane_of`]): any value is correct, the right one is
+    /// faster. `waiting` is the gauge that counts the caller while it is parked.
+    pub fn wait_since(
+        &self,
+        symbols: &[&Symbol],
+        cursor: u64,
+        deadline: Instant,
+        lane: usize,
+        hold: &dyn Hold,
+        waiting: &AtomicU64,
+    ) -> Wait {
+        let waiter = Waiter::new(hold.parker());
+        let ready = symbols.iter().any(|s| s.register(cursor, &waiter, lane));
+        let mut gone = false;
+        if !ready && self.sweeper.add(deadline, waiter.clone()) {
+            waiting.fetch_add(1, Ordering::Relaxed);
+            gone = waiter.wait(hold) == Parked::ClientGone;
+            waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        // Lets the waiter lists and the sweeper drop their entries.
+        waiter.finish();
+        if gone {
+            return Wait::ClientGone;
+        }
+        let answer = self.changes_since(symbols, cursor);
+        if answer.quotes > 0 {
+            Wait::Changed(answer)
+        } else if self.sweeper.is_shutting_down() {
+            Wait::Shutdown
+        } else {
+            Wait::Timeout
+        }
+    }
+
     /// The long-poll: answer with the quotes of `symbols` changed after `cursor`, waiting up to
-    /// `timeout` for the first such change. `cursor: None` means "from now". `lane` is the
-    /// caller's socket's lane ([`QuoteBook::lane_of`]); any value is correct, the right one is
-    /// faster.
+    /// `timeout` for the first such change. `cursor: None` means "from now". `None` when the
+    /// client left while it waited.
     pub fn poll(
         &self,
         symbols: &[&Symbol],
         cursor: Option<u64>,
         timeout: Duration,
         lane: usize,
-    ) -> Answer {
-        let now_seq = self.current_seq();
+        hold: &dyn Hold,
+    ) -> Option<Answer> {
         let cursor = match cursor {
-            None => now_seq,
-            Some(c) if c > now_seq => {
+            None => self.current_seq(),
+            Some(c) if self.is_future(c) => {
                 // Not a cursor this run handed out: resynchronise the client.
                 let mut a = self.snapshot(symbols);
                 a.reason = Reason::Resync;
-                return self.count(a);
+                return Some(self.count(a));
             }
             Some(c) => c,
         };
-
-        let waiter = Waiter::new();
-        let ready = symbols.iter().any(|s| s.register(cursor, &waiter, lane));
         // Round every wait up to at least 1 ms: the sweeper sleeps in whole milliseconds, and a
         // may wait under 1 ms never fires (should this ever wait on a may timer instead).
         let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
-        let mut reason = Reason::Change;
-        if !ready {
-            if self.sweeper.add(deadline, waiter.clone()) {
-                self.metrics.polls_waiting.fetch_add(1, Ordering::Relaxed);
-                waiter.wait();
-                self.metrics.polls_waiting.fetch_sub(1, Ordering::Relaxed);
+        let waiting = &self.metrics.polls_waiting;
+        let answer = match self.wait_since(symbols, cursor, deadline, lane, hold, waiting) {
+            Wait::Changed(answer) => answer,
+            // The same cursor back, as the contract says.
+            Wait::Timeout => Answer::empty(cursor, Reason::Timeout),
+            Wait::Shutdown => Answer::empty(cursor, Reason::Shutdown),
+            Wait::ClientGone => {
+                self.metrics.clients_gone.fetch_add(1, Ordering::Relaxed);
+                return None;
             }
-            if self.sweeper.is_shutting_down() {
-                reason = Reason::Shutdown;
-            }
-        }
-        waiter.finish();
-
-        let answer = self.changes_since(symbols, cursor);
-        if answer.quotes == 0 {
-            // Woken by the deadline or by shutdown: the same cursor back, as the contract says.
-            let reason = if reason == Reason::Shutdown {
-                Reason::Shutdown
-            } else {
-                Reason::Timeout
-            };
-            return self.count(Answer::empty(cursor, reason));
-        }
-        self.count(answer)
+        };
+        Some(self.count(answer))
     }
 
     fn count(&self, a: Answer) -> Answer {
@@ -493,6 +517,7 @@ fn wake(lane: usize, waiters: Vec<Arc<Waiter>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::waiter::PlainHold;
 
     fn book() -> Arc<QuoteBook> {
         let b = QuoteBook::with_first_seq(1000, 10, 2, Arc::new(Metrics::default()));
@@ -525,7 +550,9 @@ mod tests {
         let cursor = b.current_seq();
         b.publish("MSFT", 201.0).unwrap();
         let syms = b.resolve(&["IBM".into(), "MSFT".into()]).unwrap();
-        let a = b.poll(&syms, Some(cursor), Duration::from_secs(60), 0);
+        let a = b
+            .poll(&syms, Some(cursor), Duration::from_secs(60), 0, &PlainHold)
+            .unwrap();
         assert_eq!(a.reason, Reason::Change);
         assert_eq!(a.cursor, b.current_seq());
         let q = parsed(&a);
@@ -537,7 +564,15 @@ mod tests {
     fn poll_with_future_cursor_resyncs_with_full_snapshot() {
         let b = book();
         let syms = b.resolve(&["IBM".into(), "MSFT".into()]).unwrap();
-        let a = b.poll(&syms, Some(u64::MAX), Duration::from_secs(60), 1);
+        let a = b
+            .poll(
+                &syms,
+                Some(u64::MAX),
+                Duration::from_secs(60),
+                1,
+                &PlainHold,
+            )
+            .unwrap();
         assert_eq!(a.reason, Reason::Resync);
         assert_eq!(parsed(&a).len(), 2);
         assert_eq!(a.cursor, b.current_seq());

@@ -70,6 +70,19 @@ pub struct Cli {
     #[arg(long, env = "COMET_IDLE_TIMEOUT", default_value_t = 120.0)]
     pub idle_timeout: f64,
 
+    /// Seconds without an event after which a stream sends a heartbeat comment.
+    #[arg(long, env = "COMET_HEARTBEAT", default_value_t = 15.0)]
+    pub heartbeat: f64,
+
+    /// Seconds a stream lives; each ends at a random moment in the last 10% of it, and the
+    /// browser reconnects with Last-Event-ID.
+    #[arg(long, env = "COMET_MAX_STREAM", default_value_t = 600.0)]
+    pub max_stream: f64,
+
+    /// Seconds a write to a client may make no progress before the stream is ended as too slow.
+    #[arg(long, env = "COMET_WRITE_TIMEOUT", default_value_t = 10.0)]
+    pub write_timeout: f64,
+
     /// Seconds to wait on shutdown for answered polls to be written before exiting.
     #[arg(long, env = "COMET_SHUTDOWN_GRACE", default_value_t = 2.0)]
     pub shutdown_grace: f64,
@@ -112,6 +125,9 @@ pub struct Config {
     pub max_symbols: usize,
     pub max_body: usize,
     pub idle_timeout: Duration,
+    pub heartbeat: Duration,
+    pub max_stream: Duration,
+    pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub symbols: Vec<String>,
     pub feed: Option<FeedConfig>,
@@ -160,6 +176,16 @@ impl Cli {
         if idle_timeout < Duration::from_millis(1) {
             return Err("--idle-timeout must be at least 0.001".into());
         }
+        let at_least_1ms = |name: &str, value: f64| {
+            let d = seconds(name, value)?;
+            if d < Duration::from_millis(1) {
+                return Err(format!("--{name} must be at least 0.001"));
+            }
+            Ok(d)
+        };
+        let heartbeat = at_least_1ms("heartbeat", self.heartbeat)?;
+        let max_stream = at_least_1ms("max-stream", self.max_stream)?;
+        let write_timeout = at_least_1ms("write-timeout", self.write_timeout)?;
         let shutdown_grace = seconds("shutdown-grace", self.shutdown_grace)?;
         let feed_interval = seconds("feed-interval", self.feed_interval)?;
         if feed_interval < Duration::from_millis(1) {
@@ -178,8 +204,7 @@ impl Cli {
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            let sym =
-                crate::routes::normalize_symbol(raw).map_err(|e| format!("--symbols: {e}"))?;
+            let sym = crate::names::normalize_symbol(raw).map_err(|e| format!("--symbols: {e}"))?;
             if !symbols.contains(&sym) {
                 symbols.push(sym);
             }
@@ -205,6 +230,9 @@ impl Cli {
             max_symbols: self.max_symbols,
             max_body: self.max_body,
             idle_timeout,
+            heartbeat,
+            max_stream,
+            write_timeout,
             shutdown_grace,
             symbols,
             feed: (!self.no_feed).then_some(FeedConfig {
@@ -249,6 +277,9 @@ mod tests {
         assert_eq!(c.max_poll_timeout, Duration::from_secs(60));
         assert!(c.symbols.len() >= 20);
         assert_eq!(c.engine, Engine::Native);
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.max_stream, Duration::from_secs(600));
+        assert_eq!(c.write_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -283,6 +314,9 @@ mod tests {
         assert!(parse(&["--symbols", "BAD SYMBOL"])
             .unwrap_err()
             .contains("symbols"));
+        assert!(parse(&["--heartbeat", "0"])
+            .unwrap_err()
+            .contains("heartbeat"));
         assert!(parse(&["--stack-kib", "4"])
             .unwrap_err()
             .contains("stack-kib"));

@@ -29,6 +29,8 @@ pub enum ApiError {
     TooManySymbols { max: usize },
     /// `cursor=` is not a non-negative integer.
     BadCursor(String),
+    /// A `Last-Event-ID` header that is not a cursor.
+    BadLastEventId(String),
     /// `timeout=` is not a finite non-negative number of seconds.
     BadTimeout(String),
     /// The publish body is not JSON of the expected shape.
@@ -53,7 +55,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadRequest(_) | MissingSymbols | BadSymbol(_) | TooManySymbols { .. } => 400,
-            BadCursor(_) | BadTimeout(_) | BadJson(_) | BadPrice { .. } => 400,
+            BadCursor(_) | BadLastEventId(_) | BadTimeout(_) | BadJson(_) | BadPrice { .. } => 400,
             Unauthorized => 401,
             Forbidden => 403,
             UnknownSymbol(_) | NotFound(_) => 404,
@@ -85,6 +87,10 @@ impl fmt::Display for ApiError {
             UnknownSymbol(s) => write!(f, "unknown symbol: {s}"),
             TooManySymbols { max } => write!(f, "too many symbols: at most {max} per request"),
             BadCursor(s) => write!(f, "bad cursor {s:?}: expected a non-negative integer"),
+            BadLastEventId(s) => write!(
+                f,
+                "bad Last-Event-ID {s:?}: expected an event id this server sent (an integer)"
+            ),
             BadTimeout(s) => write!(
                 f,
                 "bad timeout {s:?}: expected a non-negative number of seconds"
@@ -127,6 +133,7 @@ mod tests {
             ApiError::UnknownSymbol("X".into()),
             ApiError::TooManySymbols { max: 1 },
             ApiError::BadCursor("x".into()),
+            ApiError::BadLastEventId("x".into()),
             ApiError::BadTimeout("x".into()),
             ApiError::BadJson("x".into()),
             ApiError::BadPrice { symbol: "X".into() },

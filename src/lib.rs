@@ -13,6 +13,7 @@
 //! - [`error`]: the error enum of the HTTP boundary and its status codes.
 //! - [`server`]: wiring, runtime settings, start-up and shutdown.
 
+pub mod app;
 pub mod assets;
 pub mod book;
 pub mod config;
@@ -20,8 +21,11 @@ pub mod error;
 pub mod feed;
 pub mod http;
 pub mod metrics;
+pub mod names;
 pub mod routes;
 pub mod server;
+pub mod sse;
+pub mod stream;
 pub mod table;
 pub mod waiter;
 

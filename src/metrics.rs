@@ -5,7 +5,20 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::book::Reason;
+/// Why a poll was answered (for metrics and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A snapshot request.
+    Snapshot,
+    /// Something newer than the cursor (at once, or after waiting).
+    Change,
+    /// Nothing changed within the timeout.
+    Timeout,
+    /// The cursor was ahead of the server: a full snapshot.
+    Resync,
+    /// The server is shutting down.
+    Shutdown,
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -16,12 +29,23 @@ pub struct Metrics {
     pub in_flight: AtomicU64,
     /// Long-polls parked right now (gauge).
     pub polls_waiting: AtomicU64,
+    /// Streams open now (gauge), and those of them parked for their next change (gauge).
+    pub streams_open: AtomicU64,
+    pub streams_waiting: AtomicU64,
+    pub stream_events: AtomicU64,
+    pub stream_heartbeats: AtomicU64,
+    pub streams_ended_client_gone: AtomicU64,
+    pub streams_ended_slow: AtomicU64,
+    pub streams_ended_lifetime: AtomicU64,
+    pub streams_ended_shutdown: AtomicU64,
+    /// Held polls and streams whose client closed the connection while they waited.
+    pub clients_gone: AtomicU64,
     pub answered_change: AtomicU64,
     pub answered_timeout: AtomicU64,
     pub answered_resync: AtomicU64,
     pub answered_shutdown: AtomicU64,
     pub snapshots: AtomicU64,
-    /// Quotes carried by poll answers (one per quote per answer).
+    /// Quotes carried by poll answers and stream events (one per quote per answer or event).
     pub delivered: AtomicU64,
     /// Price changes applied (feed and HTTP publishes).
     pub published: AtomicU64,
@@ -89,6 +113,36 @@ impl Metrics {
             g(&self.polls_waiting),
         );
         one(
+            "comet_streams_open",
+            "gauge",
+            "Server-Sent Events streams open now.",
+            g(&self.streams_open),
+        );
+        one(
+            "comet_streams_waiting",
+            "gauge",
+            "Streams waiting for their next change now.",
+            g(&self.streams_waiting),
+        );
+        one(
+            "comet_stream_events_total",
+            "counter",
+            "Events written to streams.",
+            g(&self.stream_events),
+        );
+        one(
+            "comet_stream_heartbeats_total",
+            "counter",
+            "Heartbeat comments written to quiet streams.",
+            g(&self.stream_heartbeats),
+        );
+        one(
+            "comet_clients_gone_total",
+            "counter",
+            "Held polls and streams freed because their client closed the connection.",
+            g(&self.clients_gone),
+        );
+        one(
             "comet_snapshots_total",
             "counter",
             "Snapshot requests answered.",
@@ -103,7 +157,7 @@ impl Metrics {
         one(
             "comet_quotes_delivered_total",
             "counter",
-            "Quotes delivered in poll answers.",
+            "Quotes delivered in poll answers and stream events.",
             g(&self.delivered),
         );
         one(
@@ -141,6 +195,23 @@ impl Metrics {
                 g(v)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP comet_streams_ended_total Streams ended, by reason.\n\
+             # TYPE comet_streams_ended_total counter"
+        );
+        for (reason, v) in [
+            ("client_gone", &self.streams_ended_client_gone),
+            ("slow", &self.streams_ended_slow),
+            ("lifetime", &self.streams_ended_lifetime),
+            ("shutdown", &self.streams_ended_shutdown),
+        ] {
+            let _ = writeln!(
+                out,
+                "comet_streams_ended_total{{reason=\"{reason}\"}} {}",
+                g(v)
+            );
+        }
         out
     }
 }
@@ -159,5 +230,6 @@ mod tests {
         assert!(text.contains("comet_polls_answered_total{reason=\"change\"} 1\n"));
         assert!(text.contains("comet_polls_answered_total{reason=\"timeout\"} 1\n"));
         assert_eq!(text.matches("# TYPE comet_polls_waiting ").count(), 1);
+        assert!(text.contains("comet_streams_ended_total{reason=\"slow\"} 0\n"));
     }
 }

@@ -1,15 +1,21 @@
-//! Routing and request parsing: plain functions from a [`Request`] to a [`Reply`], no sockets.
+//! Routing and request parsing: plain functions from a [`Request`] to a [`Response`], no sockets.
+//! A held request parks on the [`Hold`] the connection layer lends it; a stream is handed back
+//! to the connection layer to run (`stream`).
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::app::App;
 use crate::assets;
 use crate::book::{Answer, Symbol};
 use crate::error::ApiError;
 use crate::http::{Reply, Request};
-use crate::server::App;
+use crate::names::normalize_symbol;
+use crate::sse;
+use crate::stream::Stream;
+use crate::waiter::Hold;
 
 /// Most updates one publish request may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -17,12 +23,26 @@ pub const MAX_BATCH: usize = 1000;
 /// hostile body cannot recurse the parser through a coroutine's small stack.
 pub const MAX_JSON_DEPTH: usize = 8;
 
-/// Answer one request. The only blocking route is `/api/poll`, which parks this coroutine; it
-/// takes the request by value so a held poll can drop it first (memory per held poll).
-pub fn handle(app: &App, req: Request) -> Reply {
-    let reply = route(app, req).unwrap_or_else(|e| error_reply(&e));
-    app.metrics.count_request(reply.status);
-    reply
+/// What the connection layer does with a request.
+pub enum Response<'a> {
+    /// Write this reply.
+    Reply(Reply),
+    /// Start this Server-Sent Events stream (`stream::serve`).
+    Stream(Stream<'a>),
+    /// The client closed the connection while its poll was held: write nothing, close.
+    ClientGone,
+}
+
+/// Answer one request. The only blocking route is `/api/poll`, which parks on `hold`; it takes
+/// the request by value so a held poll can drop it first (memory per held poll).
+pub fn handle<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Response<'a> {
+    let response = route(app, req, hold).unwrap_or_else(|e| Response::Reply(error_reply(&e)));
+    match &response {
+        Response::Reply(reply) => app.metrics.count_request(reply.status),
+        Response::Stream(_) => app.metrics.count_request(200),
+        Response::ClientGone => {}
+    }
+    response
 }
 
 /// `{"error":"..."}` with the error's status; a 405 also names the allowed methods.
@@ -35,7 +55,7 @@ pub fn error_reply(e: &ApiError) -> Reply {
     }
 }
 
-fn route(app: &App, req: Request) -> Result<Reply, ApiError> {
+fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>, ApiError> {
     let get = req.method == "GET" || req.method == "HEAD";
     let only_get = || {
         if get {
@@ -45,6 +65,50 @@ fn route(app: &App, req: Request) -> Result<Reply, ApiError> {
         }
     };
     match req.path.as_str() {
+        "/api/poll" => {
+            only_get()?;
+            let (symbols, cursor, timeout) = poll_params(app, &req.query)?;
+            let lane = req.lane;
+            // The request and its parsed query are freed before the poll parks: a held poll
+            // keeps only what it waits with (measured: 8.94 -> 8.23 KB RSS per held poll).
+            drop(req);
+            Ok(match app.book.poll(&symbols, cursor, timeout, lane, hold) {
+                Some(answer) => Response::Reply(answer_reply(answer)),
+                None => Response::ClientGone,
+            })
+        }
+        "/api/stream" => {
+            if req.method != "GET" {
+                return Err(ApiError::MethodNotAllowed { allow: "GET" });
+            }
+            let q = Query::parse(&req.query);
+            let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
+            // A reconnecting browser sends Last-Event-ID while its URL still has the first cursor.
+            let cursor = match &req.last_event_id {
+                Some(id) => Some(sse::parse_last_event_id(id)?),
+                None => parse_cursor(q.get("cursor"))?,
+            };
+            Ok(Response::Stream(Stream {
+                symbols: app.book.resolve(&names)?,
+                cursor,
+                lane: req.lane,
+            }))
+        }
+        path => route_reply(app, &req, path).map(Response::Reply),
+    }
+}
+
+/// The routes answered at once with a [`Reply`].
+fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> {
+    let get = req.method == "GET" || req.method == "HEAD";
+    let only_get = || {
+        if get {
+            Ok(())
+        } else {
+            Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
+        }
+    };
+    match path {
         "/api/symbols" => {
             only_get()?;
             let names = app.book.symbol_names();
@@ -52,7 +116,7 @@ fn route(app: &App, req: Request) -> Result<Reply, ApiError> {
             let body = serde_json::json!({ "symbols": names });
             Ok(Reply::json(200, body.to_string().into_bytes()))
         }
-        "/api/quotes" if req.method == "POST" => publish(app, &req),
+        "/api/quotes" if req.method == "POST" => publish(app, req),
         "/api/quotes" => {
             if !get {
                 return Err(ApiError::MethodNotAllowed {
@@ -65,15 +129,6 @@ fn route(app: &App, req: Request) -> Result<Reply, ApiError> {
                 app.config.max_symbols_per_request,
             )?)?;
             Ok(answer_reply(app.book.snapshot(&symbols)))
-        }
-        "/api/poll" => {
-            only_get()?;
-            let (symbols, cursor, timeout) = poll_params(app, &req.query)?;
-            let lane = req.lane;
-            // The request and its parsed query are freed before the poll parks: a held poll
-            // keeps only what it waits with (measured: 8.94 -> 8.23 KB RSS per held poll).
-            drop(req);
-            Ok(answer_reply(app.book.poll(&symbols, cursor, timeout, lane)))
         }
         "/metrics" => {
             only_get()?;
@@ -213,19 +268,6 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
         i += 1;
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// Upper-case a symbol and check its shape: 1-12 of `A-Z 0-9 . -`.
-pub fn normalize_symbol(raw: &str) -> Result<String, ApiError> {
-    let s = raw.trim().to_ascii_uppercase();
-    let ok = (1..=12).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-    if ok {
-        Ok(s)
-    } else {
-        Err(ApiError::BadSymbol(raw.chars().take(40).collect()))
-    }
 }
 
 /// `symbols=IBM,MSFT` -> normalized, de-duplicated names, at most `max`.

@@ -1,4 +1,4 @@
-//! Wiring: the shared `App`, the may runtime settings, start-up and bounded shutdown.
+//! Wiring: the may runtime settings, start-up (book, threads, feed, listener) and bounded shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,19 +10,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::app::App;
 use crate::book::QuoteBook;
 use crate::config::{Config, Engine};
 use crate::feed::{opening_price, Feed};
 use crate::http::{minihttp, native};
 use crate::metrics::Metrics;
-
-/// What every handler shares. Read-only after start-up, apart from the book and the counters,
-/// which synchronize themselves.
-pub struct App {
-    pub config: Config,
-    pub book: Arc<QuoteBook>,
-    pub metrics: Arc<Metrics>,
-}
 
 /// Apply the runtime settings. Must run before the first coroutine starts (may reads them once).
 pub fn configure_runtime(config: &Config) {

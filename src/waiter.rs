@@ -1,9 +1,13 @@
-//! One parked long-poll (`Waiter`), and the sweeper thread that ends the ones whose time is up.
+//! One held request (`Waiter`), how it parks (`Hold`), and the sweeper thread that ends the ones
+//! whose time is up.
 //!
 //! Who wakes whom:
 //! - a publisher wakes the waiters registered on the symbol it changed ([`Waiter::wake`]);
 //! - the sweeper thread wakes waiters whose deadline passed, and all of them on shutdown; it also
 //!   ends idle keep-alive connections (anything that implements [`Expire`]);
+//! - the client's socket wakes its own held request when the client goes away: the connection
+//!   layer's [`Hold`] parks in may's `wait_io`, so one park covers a change, a deadline and the
+//!   socket, and a request whose client has left is freed at once instead of at its deadline;
 //! - the waiting handler coroutine itself only parks, and marks itself done when it returns.
 //!
 //! Why a sweeper instead of `park(Some(timeout))`: every park with a timeout registers with may's
@@ -21,31 +25,79 @@ const WAITING: u8 = 0;
 const WOKEN: u8 = 1;
 const DONE: u8 = 2;
 
-/// Who parks on a waiter: a handler coroutine, or (in unit tests and other plain threads) a thread.
-enum Parker {
+/// How a waiter's wake reaches the one who waits on it.
+pub enum Parker {
+    /// A coroutine parked with `may::coroutine::park`.
     Coroutine(may::coroutine::Coroutine),
+    /// A plain thread (unit tests).
     Thread(std::thread::Thread),
+    /// A coroutine parked in `wait_io` on its client's socket (the native connection layer).
+    Io(may::io::WaitIoWaker),
 }
 
-/// A long-poll parked on one or more symbols. Shared (`Arc`) between the handler coroutine that
-/// parks on it, the waiter lists of the symbols it follows, and the sweeper's deadline heap.
+impl Parker {
+    /// The parker of the calling coroutine, or thread.
+    pub fn current() -> Parker {
+        if may::coroutine::is_coroutine() {
+            Parker::Coroutine(may::coroutine::current())
+        } else {
+            Parker::Thread(std::thread::current())
+        }
+    }
+}
+
+/// What a park ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// Woken, or nothing in particular: look at the waiter's state again.
+    Again,
+    /// The client closed its connection (FIN or RST): stop waiting for it.
+    ClientGone,
+}
+
+/// Where a held request parks. Implemented by the connection layer on its socket; [`PlainHold`]
+/// where there is no socket to watch.
+pub trait Hold {
+    /// A handle that wakes [`Hold::park`]; taken once per wait.
+    fn parker(&self) -> Parker;
+    /// Park until woken, or until the client's socket has news. May return early for no reason.
+    fn park(&self) -> Parked;
+}
+
+/// A hold with no socket: parks the calling coroutine (or thread) and never sees a client leave.
+pub struct PlainHold;
+
+impl Hold for PlainHold {
+    fn parker(&self) -> Parker {
+        Parker::current()
+    }
+
+    fn park(&self) -> Parked {
+        if may::coroutine::is_coroutine() {
+            may::coroutine::park();
+        } else {
+            // Only ever a plain thread (tests): never a may worker.
+            std::thread::park();
+        }
+        Parked::Again
+    }
+}
+
+/// A held request (poll or stream) waiting on one or more symbols. Shared (`Arc`) between the
+/// handler coroutine that parks on it, the waiter lists of the symbols it follows, and the
+/// sweeper's deadline heap.
 ///
-/// It parks the coroutine itself (`may::coroutine::park`, a handle to the coroutine that already
-/// exists) rather than a `may::sync::Blocker`, which would allocate a park of its own: a held poll
-/// is 48 bytes smaller, which counts at tens of thousands of held polls.
+/// It wakes the coroutine itself (a handle to the coroutine, or its socket's `wait_io`) rather
+/// than a `may::sync::Blocker`, which would allocate a park of its own: a held request is 48 bytes
+/// smaller, which counts at tens of thousands of them.
 pub struct Waiter {
     state: AtomicU8,
     parker: Parker,
 }
 
 impl Waiter {
-    /// Must be called on the coroutine (or thread) that will later call [`Waiter::wait`].
-    pub fn new() -> Arc<Waiter> {
-        let parker = if may::coroutine::is_coroutine() {
-            Parker::Coroutine(may::coroutine::current())
-        } else {
-            Parker::Thread(std::thread::current())
-        };
+    /// A waiter woken through `parker`: [`Hold::parker`] of the hold that will wait on it.
+    pub fn new(parker: Parker) -> Arc<Waiter> {
         Arc::new(Waiter {
             state: AtomicU8::new(WAITING),
             parker,
@@ -63,22 +115,23 @@ impl Waiter {
             match &self.parker {
                 Parker::Coroutine(co) => co.unpark(),
                 Parker::Thread(t) => t.unpark(),
+                Parker::Io(waker) => waker.wakeup(),
             }
         }
     }
 
-    /// Park until woken. Never returns without a wake: the sweeper guarantees one by the deadline.
-    pub fn wait(&self) {
-        // Both parks keep a wake token, so a wake that lands before we park is not lost. A token
-        // left over from an earlier poll of the same coroutine only makes one park return early:
-        // the loop checks this waiter's own state and parks again.
+    /// Park on `hold` until woken; the sweeper guarantees a wake by the deadline. Returns
+    /// [`Parked::ClientGone`] instead when the hold sees the client leave first.
+    pub fn wait(&self, hold: &dyn Hold) -> Parked {
+        // Every park keeps a wake token (a flag on the socket for `wait_io`), so a wake that lands
+        // before we park is not lost. A token left over from an earlier wait of the same coroutine
+        // only makes one park return early: the loop checks this waiter's own state again.
         while self.state.load(Ordering::Acquire) == WAITING {
-            match &self.parker {
-                Parker::Coroutine(_) => may::coroutine::park(),
-                // Only ever a plain thread (tests): never a may worker.
-                Parker::Thread(_) => std::thread::park(),
+            if hold.park() == Parked::ClientGone {
+                return Parked::ClientGone;
             }
         }
+        Parked::Again
     }
 
     /// The poll has been answered: waiter lists and the deadline heap may drop this entry.
@@ -253,11 +306,15 @@ impl Sweeper {
 mod tests {
     use super::*;
 
+    fn waiter() -> Arc<Waiter> {
+        Waiter::new(Parker::current())
+    }
+
     #[test]
     fn wake_before_wait_is_not_lost() {
-        let w = Waiter::new();
+        let w = waiter();
         w.wake();
-        w.wait(); // returns at once
+        assert_eq!(w.wait(&PlainHold), Parked::Again); // returns at once
         w.finish();
         assert!(w.is_done());
     }
@@ -267,13 +324,13 @@ mod tests {
         let s = Sweeper::new();
         let mut d = Deadlines::new();
         let now = Instant::now();
-        let early = Waiter::new();
-        let late = Waiter::new();
+        let early = waiter();
+        let late = waiter();
         assert!(s.add(now, early.clone()));
         assert!(s.add(now + Duration::from_secs(60), late.clone()));
         let next = s.sweep(&mut d, now + Duration::from_millis(1));
         assert_eq!(next, Some(now + Duration::from_secs(60)));
-        early.wait(); // woken by the sweep
+        early.wait(&PlainHold); // woken by the sweep
         assert_eq!(late.state.load(Ordering::Acquire), WAITING);
     }
 
@@ -281,13 +338,13 @@ mod tests {
     fn shutdown_wakes_all_and_refuses_new_waits() {
         let s = Sweeper::new();
         let mut d = Deadlines::new();
-        let w = Waiter::new();
+        let w = waiter();
         assert!(s.add(Instant::now() + Duration::from_secs(60), w.clone()));
         s.sweep(&mut d, Instant::now());
         s.shutdown();
-        assert!(!s.add(Instant::now(), Waiter::new()));
+        assert!(!s.add(Instant::now(), waiter()));
         assert_eq!(s.sweep(&mut d, Instant::now()), None);
-        w.wait();
+        w.wait(&PlainHold);
         assert!(s.is_shutting_down());
     }
 
@@ -296,7 +353,7 @@ mod tests {
         let mut d = Deadlines::new();
         let far = Instant::now() + Duration::from_secs(60);
         for _ in 0..(MIN_COMPACT * 3) {
-            let w = Waiter::new();
+            let w = waiter();
             w.finish();
             d.push(Entry {
                 deadline: far,

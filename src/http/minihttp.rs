@@ -3,7 +3,8 @@
 //! Kept as the reference the native layer is measured against, and to show the routes do not
 //! depend on the engine. Its limits (README): requests with more than 16 headers are dropped
 //! unanswered, `Connection: close` is ignored, there is no idle timeout, and no `ETag` is sent
-//! (response header lines must be `&'static str`).
+//! (response header lines must be `&'static str`). It cannot stream (`/api/stream` answers 501),
+//! and a held poll does not notice its client leaving.
 
 use std::io::{self, Read};
 use std::mem::ManuallyDrop;
@@ -12,12 +13,13 @@ use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use may_minihttp::{HttpServiceFactory, Request as MiniRequest, Response};
+use may_minihttp::{HttpServiceFactory, Request as MiniRequest, Response as MiniResponse};
 
+use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{reason_phrase, Reply, Request};
-use crate::routes;
-use crate::server::App;
+use crate::routes::{self, Response};
+use crate::waiter::PlainHold;
 
 /// Creates one service per connection; may_minihttp passes the connection's fd as `id`.
 pub struct Factory(pub Arc<App>);
@@ -113,11 +115,20 @@ impl Service {
 }
 
 impl may_minihttp::HttpService for Service {
-    fn call(&mut self, req: MiniRequest, rsp: &mut Response) -> io::Result<()> {
+    fn call(&mut self, req: MiniRequest, rsp: &mut MiniResponse) -> io::Result<()> {
         let head_only = req.method() == "HEAD";
         self.app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let reply: Reply = match self.request(req) {
-            Ok(req) => routes::handle(&self.app, req),
+            // No socket to park on here: a held poll cannot see its client leave.
+            Ok(req) => match routes::handle(&self.app, req, &PlainHold) {
+                Response::Reply(reply) => reply,
+                // may_minihttp answers with one body; it cannot stream.
+                Response::Stream(_) => Reply::json(
+                    501,
+                    br#"{"error":"streaming needs the native engine (--engine native)"}"#.to_vec(),
+                ),
+                Response::ClientGone => return Ok(()),
+            },
             Err(e) => {
                 let r = routes::error_reply(&e);
                 self.app.metrics.count_request(r.status);

@@ -5,6 +5,7 @@
 
 pub mod minihttp;
 pub mod native;
+pub mod protocol;
 
 use std::net::IpAddr;
 
@@ -19,6 +20,8 @@ pub struct Request {
     pub query: String,
     pub authorization: Option<String>,
     pub if_none_match: Option<String>,
+    /// Where a reconnecting `EventSource` resumes.
+    pub last_event_id: Option<String>,
     pub body: Vec<u8>,
     /// The client's address, where the engine knows it.
     pub peer: Option<IpAddr>,
@@ -49,6 +52,8 @@ impl Request {
             self.authorization = Some(value());
         } else if name.eq_ignore_ascii_case("if-none-match") {
             self.if_none_match = Some(value());
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            self.last_event_id = Some(value());
         }
     }
 }
@@ -116,11 +121,13 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Unknown",
     }

@@ -6,6 +6,7 @@
 //! address. This layer does all of that in a few hundred lines and keeps memory per held poll low:
 //! the read buffer is freed while a handler waits.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -16,16 +17,14 @@ use std::time::{Duration, Instant};
 use may::io::{WaitIo, WaitIoWaker};
 use may::net::{TcpListener, TcpStream};
 
+use crate::app::App;
 use crate::error::ApiError;
-use crate::http::{reason_phrase, Reply, Request};
-use crate::routes;
-use crate::server::App;
-use crate::waiter::Expire;
+use crate::http::protocol::{self, parse_head};
+use crate::http::{Reply, Request};
+use crate::routes::{self, Response};
+use crate::stream::{self, StreamIo};
+use crate::waiter::{Expire, Hold, Parked, Parker};
 
-/// Largest request head (request line and headers) we read before answering 431.
-pub const MAX_HEAD: usize = 16 * 1024;
-/// Most headers in one request; more gets 431 (an answer, unlike may_minihttp's silent drop).
-pub const MAX_HEADERS: usize = 64;
 /// Bytes read at a time. Under 1 KiB so the buffer comes from glibc's per-thread cache (chunks up
 /// to 1032 bytes): larger buffers, allocated and freed on every request, showed up as malloc
 /// consolidation in a fan-out profile. Most requests fit in one chunk.
@@ -124,6 +123,16 @@ impl Expire for IdleWatch {
     }
 }
 
+/// TCP keepalive on every accepted socket: a peer that vanished without a FIN or RST (power cut,
+/// NAT timeout) is found after 60 s idle plus 5 unanswered probes 10 s apart, about two minutes.
+fn keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(5);
+    let _ = socket2::SockRef::from(stream.inner()).set_tcp_keepalive(&ka);
+}
+
 fn connection(mut stream: TcpStream, app: Arc<App>) {
     app.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     app.metrics
@@ -134,6 +143,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
     let lane = app.book.lane_of(stream.as_raw_fd() as usize);
     // Answers are single small writes that must leave at once: no Nagle delay.
     let _ = stream.set_nodelay(true);
+    keepalive(&stream);
     // A client that stops reading its answer holds the coroutine at most this long.
     if stream
         .set_write_timeout(Some(app.config.idle_timeout))
@@ -178,12 +188,33 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                 watch.busy.store(true, Ordering::Release);
                 app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                 let head_only = req.method == "HEAD";
-                let reply = routes::handle(&app, req);
-                let written = write_reply(&mut stream, &reply, head_only, keep_alive);
+                let mut conn = Conn::new(&mut stream);
+                let go_on = match routes::handle(&app, req, &conn) {
+                    Response::Reply(reply) => {
+                        let sent = conn.send_reply(&reply, head_only, keep_alive);
+                        sent.is_ok() && keep_alive
+                    }
+                    Response::Stream(s) => {
+                        let mut head = Vec::with_capacity(512);
+                        protocol::stream_head(&mut head);
+                        // From here a write that makes no progress ends the stream as slow.
+                        let _ = conn
+                            .stream
+                            .set_write_timeout(Some(app.config.write_timeout));
+                        stream::serve(&app, s, head, &mut conn);
+                        false // the stream's body ends when the connection closes
+                    }
+                    Response::ClientGone => false,
+                };
+                // Bytes that came in while the request was held, or an event cleared by a
+                // blocking write, may be waiting: look before parking for the next request.
+                if conn.unread.get() {
+                    drained = false;
+                }
                 app.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                 watch.touch();
                 watch.busy.store(false, Ordering::Release);
-                if written.is_err() || !keep_alive {
+                if !go_on {
                     break;
                 }
             }
@@ -193,7 +224,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                 log::debug!("bad request from {peer:?}: {e}");
                 let reply = routes::error_reply(&e);
                 app.metrics.count_request(reply.status);
-                let _ = write_reply(&mut stream, &reply, false, false);
+                let _ = Conn::new(&mut stream).send_reply(&reply, false, false);
                 linger(&mut stream);
                 break;
             }
@@ -201,6 +232,85 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
     }
     watch.closed.store(true, Ordering::Release);
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// epoll bits that mean the client is gone: it closed its side (FIN), reset the connection, or
+/// the socket failed.
+const GONE: usize = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usize;
+
+/// One request's view of its connection: the socket a held request parks on ([`Hold`]) and the
+/// stream writes to ([`StreamIo`]).
+///
+/// A held request parks in `wait_io`, so the one park is woken by a change (the waiter's
+/// `WaitIoWaker`), by the sweeper, and by the socket itself: a FIN or RST ends the wait at once.
+/// Bytes that arrive meanwhile (a pipelined request) are left in the socket and read after the
+/// answer; `unread` tells the read loop to look for them.
+struct Conn<'a> {
+    stream: &'a mut TcpStream,
+    unread: Cell<bool>,
+}
+
+impl<'a> Conn<'a> {
+    fn new(stream: &'a mut TcpStream) -> Conn<'a> {
+        Conn {
+            stream,
+            unread: Cell::new(false),
+        }
+    }
+
+    /// Write all of `bytes`. A plain non-blocking write first: may's own write would also clear
+    /// the socket's pending epoll events (a FIN that came in, a pipelined request), which a
+    /// held request must see. Only when the socket is full does it fall back to may's write,
+    /// which parks until the socket drains or the write timeout passes.
+    fn send(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.stream.inner().write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.unread.set(true);
+                    return self.stream.write_all(bytes);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Serialize and send one reply in a single write.
+    fn send_reply(&mut self, reply: &Reply, head_only: bool, keep_alive: bool) -> io::Result<()> {
+        let body = reply.body.as_bytes();
+        let mut out = Vec::with_capacity(256 + body.len());
+        protocol::reply_head(reply, body.len(), keep_alive, &mut out);
+        if !head_only && reply.status != 304 {
+            out.extend_from_slice(body);
+        }
+        self.send(&out)
+    }
+}
+
+impl Hold for Conn<'_> {
+    fn parker(&self) -> Parker {
+        Parker::Io(self.stream.waker())
+    }
+
+    fn park(&self) -> Parked {
+        let events = self.stream.wait_io();
+        if events & GONE != 0 {
+            return Parked::ClientGone;
+        }
+        if events & libc::EPOLLIN as usize != 0 {
+            self.unread.set(true);
+        }
+        Parked::Again
+    }
+}
+
+impl StreamIo for Conn<'_> {
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        Conn::send(self, bytes)
+    }
 }
 
 /// After an error answer, read and discard what the client is still sending (bounded in bytes
@@ -284,89 +394,6 @@ fn fill(
     }
 }
 
-/// The parsed head: everything but the body, owned.
-struct Head {
-    req: Request,
-    head_len: usize,
-    content_length: usize,
-    keep_alive: bool,
-}
-
-/// Parse a complete request head from `buf`, or `Ok(None)` if more bytes are needed.
-fn parse_head(buf: &[u8], peer: Option<IpAddr>, max_body: usize) -> Result<Option<Head>, ApiError> {
-    // On the heap, not the coroutine stack (every stack page a request ever touches stays
-    // resident while its poll is held), and sized by the head's line count rather than for the
-    // 64-header worst case (2 KiB), so the allocation stays small and cheap.
-    let lines = buf.iter().filter(|&&b| b == b'\n').count();
-    let mut headers = vec![httparse::EMPTY_HEADER; lines.clamp(1, MAX_HEADERS)];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(ApiError::HeadersTooLarge {
-                max_bytes: MAX_HEAD,
-                max_headers: MAX_HEADERS,
-            })
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(ApiError::HeadersTooLarge {
-                max_bytes: MAX_HEAD,
-                max_headers: MAX_HEADERS,
-            })
-        }
-        Err(e) => return Err(ApiError::BadRequest(e.to_string())),
-    };
-    if head_len > MAX_HEAD {
-        return Err(ApiError::HeadersTooLarge {
-            max_bytes: MAX_HEAD,
-            max_headers: MAX_HEADERS,
-        });
-    }
-    let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
-        return Err(ApiError::BadRequest("incomplete request line".into()));
-    };
-    let mut req = Request::new(method, target);
-    req.peer = peer;
-    let http11 = parsed.version == Some(1);
-    let mut keep_alive = http11;
-    let mut content_length: Option<usize> = None;
-    for h in parsed.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).unwrap_or("").trim();
-            let n = v
-                .parse::<usize>()
-                .map_err(|_| ApiError::BadRequest(format!("bad Content-Length {v:?}")))?;
-            if content_length.is_some_and(|m| m != n) {
-                return Err(ApiError::BadRequest("conflicting Content-Length".into()));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ApiError::LengthRequired);
-        } else if name.eq_ignore_ascii_case("connection") {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.split(',').any(|t| t.trim() == "close") {
-                keep_alive = false;
-            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
-                keep_alive = true;
-            }
-        } else {
-            req.set_header(name, h.value);
-        }
-    }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > max_body {
-        return Err(ApiError::BodyTooLarge { max: max_body });
-    }
-    Ok(Some(Head {
-        req,
-        head_len,
-        content_length,
-        keep_alive,
-    }))
-}
-
 /// Read the next request (head and body). `Ok(None)`: the connection ended cleanly or idled out.
 fn next_request(
     stream: &TcpStream,
@@ -398,123 +425,4 @@ fn next_request(
     req.body = buf[head.head_len..end].to_vec();
     buf.drain(..end);
     Ok(Some((req, head.keep_alive)))
-}
-
-/// Serialize and send one reply in a single write.
-fn write_reply(
-    stream: &mut TcpStream,
-    reply: &Reply,
-    head_only: bool,
-    keep_alive: bool,
-) -> io::Result<()> {
-    let body = reply.body.as_bytes();
-    let mut out = Vec::with_capacity(256 + body.len());
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\nServer: comet-quotes\r\nContent-Type: {}\r\nCache-Control: {}\r\nContent-Length: {}\r\n",
-        reply.status,
-        reason_phrase(reply.status),
-        reply.content_type,
-        reply.cache_control,
-        body.len()
-    );
-    for (name, value) in &reply.headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only && reply.status != 304 {
-        out.extend_from_slice(body);
-    }
-    stream.write_all(&out)?;
-    stream.flush()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head(raw: &str) -> Result<Option<Head>, ApiError> {
-        parse_head(raw.as_bytes(), None, 100)
-    }
-
-    #[test]
-    fn partial_head_asks_for_more() {
-        assert!(head("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
-    }
-
-    #[test]
-    fn many_headers_are_accepted_up_to_the_limit() {
-        let mut raw = String::from("GET /x?a=1 HTTP/1.1\r\n");
-        for i in 0..40 {
-            raw.push_str(&format!("X-H{i}: v\r\n"));
-        }
-        raw.push_str("If-None-Match: \"abc\"\r\n\r\n");
-        let h = head(&raw).unwrap().unwrap();
-        assert_eq!(h.req.path, "/x");
-        assert_eq!(h.req.query, "a=1");
-        assert_eq!(h.req.if_none_match.as_deref(), Some("\"abc\""));
-        assert!(h.keep_alive);
-    }
-
-    #[test]
-    fn too_many_headers_is_431() {
-        let mut raw = String::from("GET / HTTP/1.1\r\n");
-        for i in 0..(MAX_HEADERS + 1) {
-            raw.push_str(&format!("X-H{i}: v\r\n"));
-        }
-        raw.push_str("\r\n");
-        assert_eq!(head(&raw).err().map(|e| e.status()), Some(431));
-    }
-
-    #[test]
-    fn content_length_is_checked_before_reading_the_body() {
-        let e = |raw: &str| head(raw).err().map(|e| e.status());
-        assert_eq!(
-            e("POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n"),
-            Some(413)
-        );
-        assert_eq!(
-            e("POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n"),
-            Some(400)
-        );
-        assert_eq!(
-            e("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Some(411)
-        );
-        assert_eq!(
-            head("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .content_length,
-            5
-        );
-    }
-
-    #[test]
-    fn connection_close_and_http10_end_the_connection() {
-        assert!(
-            !head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .keep_alive
-        );
-        assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
-        assert!(
-            head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .keep_alive
-        );
-    }
-
-    #[test]
-    fn garbage_is_a_bad_request() {
-        assert_eq!(
-            head("\x01\x02 nonsense\r\n\r\n").err().map(|e| e.status()),
-            Some(400)
-        );
-    }
 }
