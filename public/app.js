@@ -1,4 +1,5 @@
-// comet-quotes page logic: keeps the watch list, runs one long-poll for it, and renders quotes, status and counters.
+// comet-quotes page logic: keeps the watch list, follows it over one EventSource stream (or one long-poll), and
+// renders quotes, status and counters.
 (function () {
   "use strict";
 
@@ -16,6 +17,13 @@
   // A poll waits at most 60 s on the server (its cap). With no answer well after that the connection is
   // presumed dead (half-open TCP, a laptop waking from sleep) and is dropped and retried.
   const POLL_WATCHDOG_MS = 75000;
+  // A stream that fails this many times in a row before any stream of this page delivered an event is taken
+  // for a path that cannot stream (an old server, a proxy that refuses or buffers it): follow by long-poll.
+  const STREAM_FAILURES_MAX = 3;
+  // A stream opened without a cursor starts with a snapshot at once; none within this means it is buffered.
+  const FIRST_EVENT_MS = 10000;
+  // What the server's `retry:` line asks for; shown while the browser reconnects a dropped stream.
+  const STREAM_RETRY_MS = 2000;
   const SPARK_W = 100; // sparkline viewBox; the SVG is stretched to its cell by CSS
   const SPARK_H = 24;
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -33,6 +41,7 @@
     empty: byId("empty"),
     polls: byId("polls"),
     updates: byId("updates"),
+    transport: byId("transport"),
     median: byId("median-delay"),
   };
 
@@ -42,13 +51,18 @@
   let known = new Set(); // the same, for look-ups
   let watch = []; // the watch list, in display order
   const rows = new Map(); // symbol -> row object (see createRow)
-  let cycle = null; // AbortController of the running snapshot+poll cycle
+  let cycle = null; // AbortController of the running stream or snapshot+poll cycle
+  // "stream" (EventSource) unless ?transport=poll or the browser has no EventSource; "poll" after a fallback.
+  const wanted = new URLSearchParams(location.search).get("transport");
+  let transport = wanted === "poll" || typeof EventSource !== "function" ? "poll" : "stream";
+  let fellBack = false;
+  let streamDelivered = false; // some stream of this page delivered an event: streaming works here
 
   const conn = { state: "connecting", retryAt: 0, detail: "" };
   const stats = { polls: 0, updates: 0, delays: [] };
 
   // For automated tests and the console. The same object is updated in place, so a reference stays live.
-  const debug = { cursor: null, polls: 0, updates: 0, state: conn.state, symbols: [] };
+  const debug = { cursor: null, polls: 0, updates: 0, state: conn.state, symbols: [], transport };
   window.cometDebug = debug;
 
   /* ------------------------------------------------------------------ HTTP */
@@ -167,33 +181,154 @@
     });
   }
 
-  /* ------------------------------------------------------------------ the long-poll */
+  /* ------------------------------------------------------------------ the cycle */
 
-  // One long-poll carries the whole watch list rather than one per symbol: a browser keeps at most ~6
-  // HTTP/1.1 connections per server, so a poll per symbol would soon block every other request of the
-  // page (and multiply the server's waiting connections). A single poll answers when any symbol moves.
+  // One stream (or one long-poll) carries the whole watch list rather than one per symbol: a browser keeps at
+  // most ~6 HTTP/1.1 connections per server, so one per symbol would soon block every other request of the
+  // page (and multiply the server's waiting connections).
 
-  // Stops the running cycle and, if the watch list is not empty, starts a new snapshot+poll cycle for it.
+  // Stops the running cycle and, if the watch list is not empty, starts a new one for it.
   function restartCycle() {
     if (cycle) cycle.abort();
     cycle = null;
     debug.cursor = null;
+    renderTransport();
     if (watch.length === 0) {
       setConn("idle", "");
       return;
     }
     cycle = new AbortController();
     const signal = cycle.signal;
-    runCycle(watch.slice(), signal).catch((err) => {
-      // Not expected (runCycle handles its errors); leave a trace rather than fail silently.
+    const run = transport === "stream" ? runStream : runPolls;
+    run(watch.slice(), signal).catch((err) => {
+      // Not expected (the cycles handle their errors); leave a trace rather than fail silently.
       if (!signal.aborted) {
-        console.error("comet-quotes: poll cycle stopped", err);
+        console.error(`comet-quotes: ${transport} cycle stopped`, err);
         setConn("reconnecting", String(err && err.message));
       }
     });
   }
 
-  async function runCycle(symbols, signal) {
+  /* ------------------------------------------------------------------ the stream */
+
+  // GET /api/stream: the server sends the snapshot, then one event per change. The browser's EventSource
+  // reconnects by itself after a dropped connection and sends Last-Event-ID, the cursor of the last event,
+  // so the first event after a reconnect carries everything missed meanwhile. Resolves when `signal`
+  // aborts, or after falling back to long-polls.
+  function runStream(symbols, signal) {
+    return new Promise((resolve) => {
+      const list = symbols.map(encodeURIComponent).join(",");
+      let es = null;
+      let cursor = null; // the id of the last event; null before the snapshot
+      let failures = 0; // consecutive failures; 0 again after any event
+      let resume = false; // the next event is the first after a reconnect
+      let firstTimer = 0;
+      let retryTimer = 0;
+      setConn(conn.state === "live" ? "live" : "connecting");
+
+      const stop = () => {
+        clearTimeout(firstTimer);
+        clearTimeout(retryTimer);
+        if (es) es.close();
+        es = null;
+      };
+      signal.addEventListener("abort", () => (stop(), resolve()), { once: true });
+
+      const fallBack = () => {
+        stop();
+        transport = "poll";
+        fellBack = true;
+        showMessage("Streaming does not get through to the server; following by long-poll instead.", "info");
+        resolve();
+        restartCycle();
+      };
+
+      // Counts a failure; true when it was one too many and the page now follows by long-poll.
+      const failed = (detail) => {
+        failures += 1;
+        resume = true;
+        conn.detail = detail;
+        if (streamDelivered || failures < STREAM_FAILURES_MAX) return false;
+        fallBack();
+        return true;
+      };
+
+      const open = () => {
+        // A new EventSource cannot send Last-Event-ID: after a refusal the cursor goes in the URL instead.
+        es = new EventSource(`api/stream?symbols=${list}${cursor === null ? "" : `&cursor=${cursor}`}`);
+        if (cursor === null) {
+          firstTimer = setTimeout(() => {
+            stop();
+            if (!failed("no snapshot within 10 s: the stream is buffered or blocked")) open();
+          }, FIRST_EVENT_MS);
+        }
+        es.onopen = () => setConn("live", "");
+        es.onmessage = (ev) => {
+          clearTimeout(firstTimer);
+          let body;
+          try {
+            body = checkAnswer(streamBody(ev.data));
+          } catch (err) {
+            console.error("comet-quotes: bad stream event", err);
+            return;
+          }
+          const sent = cursor;
+          applyQuotes(body.quotes, sent === null ? "snapshot" : resume ? "resume" : "live", sent);
+          cursor = body.cursor;
+          resume = false;
+          failures = 0;
+          streamDelivered = true;
+          stats.polls += 1;
+          debug.cursor = Number(cursor);
+          setConn("live", "");
+          renderCounters();
+        };
+        es.onerror = () => {
+          if (signal.aborted) return;
+          if (es.readyState === EventSource.CLOSED) {
+            // Refused (an HTTP error, not a stream): the browser will not retry this one.
+            clearTimeout(firstTimer);
+            es.close();
+            if (failed("the server refused the stream")) return;
+            dropUnknownSymbols(symbols, signal).then((dropped) => {
+              if (dropped || signal.aborted) return;
+              const wait = backoffMs(failures - 1);
+              conn.retryAt = Date.now() + wait;
+              setConn("reconnecting");
+              retryTimer = setTimeout(open, wait);
+            });
+            return;
+          }
+          // Dropped: the browser reconnects after the server's retry interval, with Last-Event-ID.
+          if (failed("connection lost")) return;
+          conn.retryAt = Date.now() + STREAM_RETRY_MS;
+          setConn("reconnecting");
+          const ticker = setInterval(() => {
+            if (!es || es.readyState !== EventSource.CONNECTING || Date.now() > conn.retryAt) {
+              clearInterval(ticker);
+              conn.retryAt = 0;
+              renderStatus();
+            } else renderStatus();
+          }, 200);
+        };
+      };
+      open();
+    });
+  }
+
+  // An event's data: the same {cursor, quotes} a poll answers, cursor digits kept as text (see getJSON).
+  function streamBody(text) {
+    const body = JSON.parse(text);
+    if (body && typeof body === "object" && "cursor" in body) {
+      const m = /"cursor"\s*:\s*(\d+)/.exec(text);
+      body.cursor = m ? m[1] : null;
+    }
+    return body;
+  }
+
+  /* ------------------------------------------------------------------ the long-poll */
+
+  async function runPolls(symbols, signal) {
     const list = symbols.map(encodeURIComponent).join(",");
     // The cursor names the last change this page has seen. Each poll sends it and the server answers with
     // every change after it, so changes made while an answer travels back, while the next poll is being
@@ -349,17 +484,18 @@
     row.flashTimer = setTimeout(() => tr.classList.remove("flash-up", "flash-down"), FLASH_MS);
   }
 
-  // Sparkline: one slot per price, newest at the right edge, scaled to the row's own min..max.
+  // Sparkline: the row's recent prices spread over the whole width (a few prices are not squeezed into the
+  // right edge), newest at the right, scaled to the row's own min..max.
   function drawSpark(row) {
     const p = row.prices;
     const n = p.length;
-    const step = SPARK_W / (SPARK_POINTS - 1);
+    const step = n > 1 ? SPARK_W / (n - 1) : SPARK_W;
     const lo = Math.min(...p);
     const hi = Math.max(...p);
     const pad = 2;
     const y = (v) => (hi === lo ? SPARK_H / 2 : pad + ((hi - v) / (hi - lo)) * (SPARK_H - 2 * pad));
     const pts = p.map((v, i) => [SPARK_W - (n - 1 - i) * step, y(v)]);
-    if (n === 1) pts.unshift([SPARK_W - step, pts[0][1]]); // a lone price: a short flat stroke
+    if (n === 1) pts.unshift([0, pts[0][1]]); // a lone price: a flat stroke across
     row.line.setAttribute("points", pts.map(([x, yy]) => `${x.toFixed(2)},${yy.toFixed(2)}`).join(" "));
   }
 
@@ -596,6 +732,12 @@
     dom.message.dataset.kind = kind || "";
     dom.message.hidden = !text;
     if (text && kind === "info") messageTimer = setTimeout(() => showMessage("", ""), 5000);
+  }
+
+  function renderTransport() {
+    const text = transport === "stream" ? "stream (EventSource)" : fellBack ? "long-poll (fallback)" : "long-poll";
+    if (dom.transport.textContent !== text) dom.transport.textContent = text;
+    debug.transport = transport;
   }
 
   function renderCounters() {

@@ -79,16 +79,23 @@ async fn watch_list_from_url_shows_server_prices() {
 }
 
 #[tokio::test]
-async fn published_price_appears_within_a_second_with_flash_and_sign() {
-    let Some(b) =
-        Browser::start("published_price_appears_within_a_second_with_flash_and_sign").await
+async fn published_price_arrives_over_the_stream_within_a_second_with_flash_and_sign() {
+    let Some(b) = Browser::start(
+        "published_price_arrives_over_the_stream_within_a_second_with_flash_and_sign",
+    )
+    .await
     else {
         return;
     };
     let s = TestServer::start(&[]);
     open_ibm_msft(&b, &s, s.addr).await;
-    // The page's long-poll is held by the server: what follows measures delivery, not start-up.
-    s.wait_for_metric("comet_polls_waiting", 1);
+    assert_eq!(
+        b.text("#transport").await.as_deref(),
+        Some("stream (EventSource)")
+    );
+    // The page's stream waits on the server: what follows measures delivery, not start-up.
+    s.wait_for_metric("comet_streams_waiting", 1);
+    assert_eq!(s.metric("comet_polls_waiting"), 0);
 
     // No price was published in this run yet, so the snapshot price is IBM's first ("opening")
     // price, which `change` is relative to: +10 is above it, -10 below.
@@ -200,16 +207,20 @@ async fn adding_and_removing_symbols_survives_reload() {
 }
 
 #[tokio::test]
-async fn stopping_the_server_shows_reconnecting_and_restart_resumes() {
-    let Some(b) =
-        Browser::start("stopping_the_server_shows_reconnecting_and_restart_resumes").await
+async fn stopping_the_server_shows_reconnecting_and_the_stream_resumes_with_last_event_id() {
+    let Some(b) = Browser::start(
+        "stopping_the_server_shows_reconnecting_and_the_stream_resumes_with_last_event_id",
+    )
+    .await
     else {
         return;
     };
     let mut s = TestServer::start(&[]);
     let addr = s.addr;
-    open_ibm_msft(&b, &s, addr).await;
-    s.wait_for_metric("comet_polls_waiting", 1);
+    // Through a proxy that keeps the request heads: it reconnects to whatever listens on `addr`.
+    let proxy = RecordingProxy::start(addr);
+    open_ibm_msft(&b, &s, proxy.addr).await;
+    s.wait_for_metric("comet_streams_waiting", 1);
 
     s.terminate();
     let text = b
@@ -238,14 +249,80 @@ async fn stopping_the_server_shows_reconnecting_and_restart_resumes() {
     let listen = addr.to_string();
     let s2 = TestServer::start_raw(&["--listen", &listen, "--no-feed", "--seed", "1"]);
     let restarted = Instant::now();
-    // The backoff grows 0.5, 1, 2 s ...: the page is back within a few seconds.
-    b.wait_live(Duration::from_secs(15)).await;
-    eprintln!("live again {:?} after the restart", restarted.elapsed());
-
+    // Published before the page is back: only a resume from the last event id brings it.
     let open = snapshot(&s2, "IBM")[0].1;
     let price = cents(open + 3.21);
-    s2.wait_for_metric("comet_polls_waiting", 1);
     s2.publish("IBM", price);
+    b.wait_live(Duration::from_secs(15)).await;
+    b.wait_price("IBM", price, LOAD).await;
+    eprintln!("live again {:?} after the restart", restarted.elapsed());
+
+    // The browser's reconnect named the last event it had.
+    let resumed: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path().starts_with("/api/stream?"))
+        .filter_map(|r| r.header("last-event-id").map(str::to_string))
+        .collect();
+    eprintln!("stream reconnects with Last-Event-ID: {resumed:?}");
+    assert!(
+        !resumed.is_empty(),
+        "no stream request carried Last-Event-ID"
+    );
+    assert!(resumed.iter().all(|id| id.parse::<u64>().is_ok()));
+
+    // And it keeps going on the new server.
+    s2.wait_for_metric("comet_streams_waiting", 1);
+    let price = cents(open + 4.56);
+    s2.publish("IBM", price);
+    b.wait_price("IBM", price, LIVE).await;
+    b.save_screenshot("").await;
+}
+
+#[tokio::test]
+async fn the_long_poll_transport_still_delivers() {
+    let Some(b) = Browser::start("the_long_poll_transport_still_delivers").await else {
+        return;
+    };
+    let s = TestServer::start(&[]);
+    b.open(s.addr, "/?symbols=IBM,MSFT&transport=poll").await;
+    for (symbol, price) in snapshot(&s, "IBM,MSFT") {
+        b.wait_price(&symbol, price, LOAD).await;
+    }
+    b.wait_live(LOAD).await;
+    assert_eq!(b.text("#transport").await.as_deref(), Some("long-poll"));
+    s.wait_for_metric("comet_polls_waiting", 1);
+    assert_eq!(s.metric("comet_streams_open"), 0);
+    let price = cents(snapshot(&s, "MSFT")[0].1 + 2.5);
+    s.publish("MSFT", price);
+    b.wait_price("MSFT", price, LIVE).await;
+    b.save_screenshot("").await;
+}
+
+#[tokio::test]
+async fn the_page_falls_back_to_long_poll_when_the_server_cannot_stream() {
+    let Some(b) =
+        Browser::start("the_page_falls_back_to_long_poll_when_the_server_cannot_stream").await
+    else {
+        return;
+    };
+    // may_minihttp answers one body per request: /api/stream is refused with 501 there.
+    let s = TestServer::start(&["--engine", "minihttp"]);
+    b.open(s.addr, "/?symbols=IBM,MSFT").await;
+    let transport = b
+        .wait_for("#transport saying long-poll (fallback)", LOAD, || async {
+            let t = b.text("#transport").await?;
+            (t == "long-poll (fallback)").then_some(t)
+        })
+        .await;
+    eprintln!("transport: {transport}");
+    for (symbol, price) in snapshot(&s, "IBM,MSFT") {
+        b.wait_price(&symbol, price, LOAD).await;
+    }
+    b.wait_live(LOAD).await;
+    s.wait_for_metric("comet_polls_waiting", 1);
+    let price = cents(snapshot(&s, "IBM")[0].1 - 1.25);
+    s.publish("IBM", price);
     b.wait_price("IBM", price, LIVE).await;
     b.save_screenshot("").await;
 }
@@ -283,8 +360,8 @@ async fn reload_with_cookies_and_revalidation_reaches_the_server() {
         b.wait_rows(&["IBM", "MSFT"], LOAD).await;
         b.wait_live(LOAD).await;
     }
-    // (No wait for the page's poll here: each reload left a held poll behind, which the server
-    // notices only when it answers it. The cursor makes the change reach the page anyway.)
+    // (No wait for the page's stream here: each reload closed one and opened another; the
+    // snapshot or the cursor makes the change reach the page whichever it is.)
     let price = cents(snapshot(&s, "IBM")[0].1 + 1.5);
     s.publish("IBM", price);
     b.wait_price("IBM", price, LOAD).await;
@@ -319,8 +396,8 @@ async fn reload_with_cookies_and_revalidation_reaches_the_server() {
         "no request over 16 headers: {most:?}"
     );
 
-    // Every request was answered (200, or 304 for a revalidation), except a poll still held or
-    // left behind by a reload, which can only be the last on its connection; no client errors.
+    // Every request was answered (200, or 304 for a revalidation; a stream counts from its head),
+    // except a poll still held, which can only be the last on its connection; no client errors.
     let mut not_modified = 0;
     for c in proxy.connections() {
         let unanswered = &c.requests[c.statuses.len().min(c.requests.len())..];

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod sse;
+
 /// A server process started for one test; killed when dropped.
 pub struct TestServer {
     pub child: Child,
@@ -305,6 +307,10 @@ impl Conn {
             headers,
             body,
         })
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
     }
 
     pub fn set_read_timeout(&self, t: Duration) {
