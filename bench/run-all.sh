@@ -15,6 +15,7 @@
 #   CARGO_TARGET_DIR  honoured (binaries are taken from $CARGO_TARGET_DIR/release, default target/)
 #   OURS_BIN=path     the comet-quotes binary to test (default: the one just built)
 #   WORKER_COUNTS="1 2"   worker counts at which w1 and w4 run, for both servers (labels w1-1w, w4-2w, ...)
+#   TRANSPORTS="poll sse"  transports of w1-w4 (SSE runs are labelled ...-sse); w5 is long-poll only
 #   OURS_WORKERS=N    comet-quotes --workers for the other workloads (default: its own default)
 #   NCHAN_WORKERS=N   nginx worker processes for the other workloads (default 1)
 set -euo pipefail
@@ -29,6 +30,7 @@ QUICK="${QUICK:-0}"
 TARGETS="${TARGETS:-ours nchan}"
 WORKLOADS="${WORKLOADS:-wrk w1 w2 w3 w4 w5}"
 WORKER_COUNTS="${WORKER_COUNTS:-1 2}"
+TRANSPORTS="${TRANSPORTS:-poll sse}"
 OURS_WORKERS="${OURS_WORKERS:-}"
 NCHAN_WORKERS="${NCHAN_WORKERS:-1}"
 RESULTS="${RESULTS:-$BENCH/results/runs.jsonl}"
@@ -215,26 +217,45 @@ lat() {
     tee "$RUN_DIR/$label-$target.out" || log "latency $label against $target failed (see above)"
 }
 sustained() { grep -q '^verdict: sustained' "$RUN_DIR/$1-$2.out"; }
+# The label suffix of a transport: none for the long-poll (the labels of earlier runs), -sse.
+suffix() { [ "$1" = poll ] || echo "-$1"; }
 
-# w1 and w4 at every worker count, the two servers one after the other at each, so that paired
-# runs are minutes apart at most (labels w1-1w, w4-2w, ...).
+# w1 and w4 at every worker count and transport, the two servers one after the other at each, so
+# that paired runs are minutes apart at most (labels w1-1w, w4-2w-sse, ...).
 for WORKERS in $WORKER_COUNTS; do
   for workload in w1 w4; do
     [[ " $WORKLOADS " == *" $workload "* ]] || continue
-    for target in $TARGETS; do
-      case "$workload" in
-        w1) lat "$target" "w1-${WORKERS}w" $W1 ;;
-        w4) lat "$target" "w4-${WORKERS}w" --fanout $W4 ;;
-      esac
+    for transport in $TRANSPORTS; do
+      for target in $TARGETS; do
+        label="$workload-${WORKERS}w$(suffix "$transport")"
+        case "$workload" in
+          w1) lat "$target" "$label" --transport "$transport" $W1 ;;
+          w4) lat "$target" "$label" --transport "$transport" --fanout $W4 ;;
+        esac
+      done
     done
   done
 done
 WORKERS=""
 stop_ours; stop_nchan >/dev/null 2>&1 || true
 
+# w2 and w3 at the default worker counts, every transport, servers side by side.
+for workload in w2 w3; do
+  [[ " $WORKLOADS " == *" $workload "* ]] || continue
+  for transport in $TRANSPORTS; do
+    for target in $TARGETS; do
+      label="$workload$(suffix "$transport")"
+      case "$workload" in
+        w2) lat "$target" "$label" --transport "$transport" $W2 ;;
+        w3) lat "$target" "$label" --transport "$transport" --hold -c "$W3_C" ;;
+      esac
+    done
+  done
+done
+stop_ours; stop_nchan >/dev/null 2>&1 || true
+
+# w5 (long-poll): the highest change rate each server sustains.
 for target in $TARGETS; do
-  if [[ " $WORKLOADS " == *" w2 "* ]]; then lat "$target" w2 $W2; fi
-  if [[ " $WORKLOADS " == *" w3 "* ]]; then lat "$target" w3 --hold -c "$W3_C"; fi
   if [[ " $WORKLOADS " == *" w5 "* ]]; then
     # Highest U sustained at C=W5_C: double until a rate falls behind (at most the listed rates),
     # then bisect W5_BISECT times between the last good and the first bad rate.

@@ -85,7 +85,7 @@ http {
     }
 
     location ~ ^/sub/([^/]+)$ {
-      nchan_subscriber longpoll;
+      nchan_subscriber longpoll eventsource;  # Accept: text/event-stream gets EventSource
       nchan_channel_id \$1;
       nchan_channel_id_split_delimiter ",";
       nchan_subscriber_first_message newest;  # a fresh poll waits for the next message

@@ -5,8 +5,9 @@
 
 use crate::hist::Histogram;
 use crate::http;
-use crate::plan::{self, Kind};
+use crate::plan::{self, Kind, Transport};
 use crate::procstat;
+use crate::sse;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 pub struct ChildSpec {
     pub child: usize,
     pub kind: Kind,
+    pub transport: Transport,
     pub addr: SocketAddr,
     pub host: String,
     pub base: String,
@@ -247,13 +249,194 @@ impl Shared {
     }
 }
 
-/// One subscriber: connect, poll, book the answer, re-poll with the new resume token; reconnect on
-/// errors (keeping the token, so nothing is skipped). Runs until stop or the deadline.
-fn subscriber(sh: Arc<Shared>, local: usize) {
+/// Connect subscriber `global` from its source address, bounding the handshakes in flight so the
+/// server's accept queue does not overflow into 1 s SYN retransmits. `None` after 5 failures
+/// before the subscriber was ever ready (it then counts as failed); otherwise retried with backoff.
+fn connect_sub(
+    sh: &Shared,
+    sub: &Sub,
+    global: usize,
+    failures: &mut u32,
+) -> Option<may::net::TcpStream> {
+    let src = plan::source_ip(global, sh.spec.src_ips);
+    loop {
+        if sh.stop.load(Ordering::Relaxed) || sh.deadline_passed() {
+            return None;
+        }
+        sh.connect_sem.wait();
+        let r = connect_from(src, sh.spec.addr, Duration::from_secs(5));
+        sh.connect_sem.post();
+        match r {
+            Ok(s) => {
+                *failures = 0;
+                return Some(s);
+            }
+            Err(e) => {
+                *failures += 1;
+                if !sub.ready.load(Ordering::Relaxed) && *failures >= 5 {
+                    eprintln!("subscriber {global}: giving up connecting from {src}: {e}");
+                    sh.failed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                let backoff = 50u64 << (*failures).min(4);
+                may::coroutine::sleep(Duration::from_millis(backoff));
+            }
+        }
+    }
+}
+
+/// Books one event's data: a poll answer (ours) or one published message (Nchan).
+fn on_data(sh: &Shared, sub: &Sub, data: &[u8], arrival: u64) {
+    match sh.spec.kind {
+        Kind::Ours => match serde_json::from_slice::<PollAnswer>(data) {
+            Ok(a) => {
+                for q in &a.quotes {
+                    sh.on_quote(sub, &q.symbol, q.price, q.ts, arrival);
+                }
+            }
+            Err(_) => {
+                sh.c.parse_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+        Kind::Nchan => match serde_json::from_slice::<Quote>(data) {
+            Ok(q) => sh.on_quote(sub, &q.symbol, q.price, q.ts, arrival),
+            Err(_) => {
+                sh.c.parse_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    }
+}
+
+/// One SSE subscriber: open the stream, book every event, and on any error reconnect with
+/// `Last-Event-ID` set to the last event's id, so nothing is skipped. Runs until stop or the
+/// deadline.
+fn stream_subscriber(sh: Arc<Shared>, local: usize) {
     let spec = &sh.spec;
     let sub = &sh.subs[local];
     let global = spec.first_sub + local;
-    let src = plan::source_ip(global, spec.src_ips);
+    let sym_csv: Vec<&str> = sub
+        .syms
+        .iter()
+        .map(|&s| spec.symbols[s as usize].as_str())
+        .collect();
+    let sym_csv = sym_csv.join(",");
+    let path = match spec.kind {
+        // No cursor: the first event is a snapshot of prices from before the run (foreign, not
+        // counted); every later one is a delivery.
+        Kind::Ours => format!("{}/api/stream?symbols={sym_csv}", spec.base),
+        Kind::Nchan => format!("{}/sub/{sym_csv}", spec.base),
+    };
+    let mut last_id: Option<String> = None;
+    let mut failures = 0u32;
+    let (mut raw, mut body, mut events) = (Vec::with_capacity(2048), Vec::new(), Vec::new());
+    while !sh.stop.load(Ordering::Relaxed) && !sh.deadline_passed() {
+        let Some(mut stream) = connect_sub(&sh, sub, global, &mut failures) else {
+            return;
+        };
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
+            spec.host
+        );
+        if let Some(id) = &last_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        if io::Write::write_all(&mut stream, req.as_bytes()).is_err() {
+            sh.c.reconnects.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        raw.clear();
+        body.clear();
+        // The head: status and whether the body is chunked.
+        let head = loop {
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..i]).to_ascii_lowercase();
+                raw.drain(..i + 4);
+                break Some(head);
+            }
+            if raw.len() > 64 * 1024 || read_more(&mut stream, &mut raw).is_err() {
+                break None;
+            }
+        };
+        let Some(head) = head else {
+            sh.c.reconnects.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok());
+        if status != Some(200) {
+            sh.c.bad_status.fetch_add(1, Ordering::Relaxed);
+            if sh.c.bad_status.load(Ordering::Relaxed) <= 3 {
+                eprintln!(
+                    "subscriber {global}: stream refused: {}",
+                    head.lines().next().unwrap_or("")
+                );
+            }
+            may::coroutine::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let mut chunks = head
+            .lines()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
+            .then(sse::Dechunk::default);
+        if !sub.ready.swap(true, Ordering::Relaxed) {
+            sh.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        // Read events until the stream breaks. No read timeout: the worker's deadline bounds it.
+        loop {
+            match chunks.as_mut() {
+                Some(d) => {
+                    if d.feed(&mut raw, &mut body).is_err() || d.done {
+                        break;
+                    }
+                }
+                None => body.append(&mut raw),
+            }
+            sse::take_events(&mut body, &mut events);
+            if !events.is_empty() {
+                let arrival = plan::now_us();
+                for ev in events.drain(..) {
+                    sh.c.answers.fetch_add(1, Ordering::Relaxed);
+                    if ev.id.is_some() {
+                        last_id = ev.id;
+                    }
+                    on_data(&sh, sub, &ev.data, arrival);
+                }
+            }
+            if sh.stop.load(Ordering::Relaxed) || read_more(&mut stream, &mut raw).is_err() {
+                break;
+            }
+        }
+        if !sh.stop.load(Ordering::Relaxed) {
+            sh.c.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Read what is there (at least one byte) onto `buf`; end of stream is an error.
+fn read_more(stream: &mut may::net::TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let old = buf.len();
+    buf.resize(old + 4096, 0);
+    let r = io::Read::read(stream, &mut buf[old..]);
+    buf.truncate(old + *r.as_ref().unwrap_or(&0));
+    match r {
+        Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One subscriber: connect, poll, book the answer, re-poll with the new resume token; reconnect on
+/// errors (keeping the token, so nothing is skipped). Runs until stop or the deadline.
+fn subscriber(sh: Arc<Shared>, local: usize) {
+    if sh.spec.transport == Transport::Sse {
+        return stream_subscriber(sh, local);
+    }
+    let spec = &sh.spec;
+    let sub = &sh.subs[local];
+    let global = spec.first_sub + local;
     let sym_list: Vec<&str> = sub
         .syms
         .iter()
@@ -271,31 +454,13 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
     while !sh.stop.load(Ordering::Relaxed) && !sh.deadline_passed() {
         let stream = match conn.as_mut() {
             Some(s) => s,
-            None => {
-                // Bound the number of handshakes in flight so the server's accept queue does not
-                // overflow into 1 s SYN retransmits.
-                sh.connect_sem.wait();
-                let r = connect_from(src, spec.addr, Duration::from_secs(5));
-                sh.connect_sem.post();
-                match r {
-                    Ok(s) => {
-                        buf.clear();
-                        connect_failures = 0;
-                        conn.insert(s)
-                    }
-                    Err(e) => {
-                        connect_failures += 1;
-                        if !sub.ready.load(Ordering::Relaxed) && connect_failures >= 5 {
-                            eprintln!("subscriber {global}: giving up connecting from {src}: {e}");
-                            sh.failed.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                        let backoff = 50u64 << connect_failures.min(4);
-                        may::coroutine::sleep(Duration::from_millis(backoff));
-                        continue;
-                    }
+            None => match connect_sub(&sh, sub, global, &mut connect_failures) {
+                Some(s) => {
+                    buf.clear();
+                    conn.insert(s)
                 }
-            }
+                None => return,
+            },
         };
 
         req.clear();
@@ -361,12 +526,7 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
             (Kind::Nchan, 200) => {
                 last_modified = resp.last_modified.clone();
                 etag = resp.etag.clone();
-                match serde_json::from_slice::<Quote>(&resp.body) {
-                    Ok(q) => sh.on_quote(sub, &q.symbol, q.price, q.ts, arrival),
-                    Err(_) => {
-                        sh.c.parse_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                on_data(&sh, sub, &resp.body, arrival);
             }
             // Nchan answers a long-poll that timed out with 408 (or 304): poll again, same token.
             (Kind::Nchan, 304 | 408) => {

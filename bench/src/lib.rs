@@ -9,3 +9,4 @@ pub mod plan;
 pub mod procstat;
 pub mod publish;
 pub mod report;
+pub mod sse;

@@ -27,6 +27,26 @@ impl Kind {
     }
 }
 
+/// How subscribers follow their symbols.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Long-poll: one request per answer, re-polled with the resume token.
+    Poll,
+    /// Server-Sent Events: one request, then an event per change; reconnects with Last-Event-ID.
+    /// Ours: GET /api/stream; Nchan: GET /sub/A,B,C with Accept: text/event-stream.
+    Sse,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Poll => "poll",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
 /// Wall clock in microseconds since the Unix epoch: the unit of the quotes' `ts`, so client arrival
 /// times and server change times compare directly (same machine, same clock).
 pub fn now_us() -> u64 {

@@ -4,7 +4,7 @@
 
 use crate::hist::Histogram;
 use crate::http::{self, Target};
-use crate::plan::{self, Kind};
+use crate::plan::{self, Kind, Transport};
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -70,9 +70,10 @@ impl Conn {
     }
 }
 
-/// How many long-polls the server says are waiting: comet-quotes' `comet_polls_waiting` gauge or
-/// Nchan's stub-status `subscribers:` line. None if the server does not tell.
-pub fn server_waiting(kind: Kind, target: &Target) -> Option<u64> {
+/// How many subscribers the server says are waiting: comet-quotes' `comet_polls_waiting` (or
+/// `comet_streams_waiting`) gauge or Nchan's stub-status `subscribers:` line (either transport).
+/// None if the server does not tell.
+pub fn server_waiting(kind: Kind, transport: Transport, target: &Target) -> Option<u64> {
     let mut c = Conn::new(target);
     match kind {
         Kind::Ours => {
@@ -83,7 +84,11 @@ pub fn server_waiting(kind: Kind, target: &Target) -> Option<u64> {
             let text = String::from_utf8_lossy(&r.body);
             let mut total = None;
             for line in text.lines() {
-                let Some(rest) = line.strip_prefix("comet_polls_waiting") else {
+                let gauge = match transport {
+                    Transport::Poll => "comet_polls_waiting",
+                    Transport::Sse => "comet_streams_waiting",
+                };
+                let Some(rest) = line.strip_prefix(gauge) else {
                     continue;
                 };
                 // `comet_polls_waiting 12` or `comet_polls_waiting{...} 12`
@@ -154,6 +159,7 @@ pub struct PubOutcome {
 
 pub struct PubPlan {
     pub kind: Kind,
+    pub transport: Transport,
     pub target: Target,
     pub symbols: Vec<String>,
     /// Symbol of each publish.
@@ -414,13 +420,13 @@ pub fn run_fanout(
         }
         thread::sleep(gap);
         let t = Instant::now();
-        let mut seen = server_waiting(plan.kind, &plan.target);
+        let mut seen = server_waiting(plan.kind, plan.transport, &plan.target);
         while seen.is_some_and(|w| w < want_waiting)
             && t.elapsed() < wait_max
             && Instant::now() < stop_at
         {
             thread::sleep(Duration::from_millis(20));
-            seen = server_waiting(plan.kind, &plan.target);
+            seen = server_waiting(plan.kind, plan.transport, &plan.target);
         }
         waiting_seen.push(seen);
         let sym = &plan.symbols[plan.pub_syms[idx] as usize];

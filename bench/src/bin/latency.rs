@@ -9,7 +9,7 @@ use clap::Parser;
 use comet_bench::client::{self, ChildResult, ChildSpec, StopInfo};
 use comet_bench::hist::Histogram;
 use comet_bench::http::{self, Target};
-use comet_bench::plan::{self, Kind};
+use comet_bench::plan::{self, Kind, Transport};
 use comet_bench::procstat::{self, Sampler};
 use comet_bench::publish::{self, PubPlan};
 use comet_bench::report;
@@ -29,6 +29,10 @@ struct Cli {
     /// Server under test.
     #[arg(long, value_enum, default_value_t = Kind::Ours)]
     target: Kind,
+    /// How subscribers follow: long-poll, or Server-Sent Events (ours: /api/stream; Nchan: its
+    /// EventSource subscriber on the same /sub/A,B,C location).
+    #[arg(long, value_enum, default_value_t = Transport::Poll)]
+    transport: Transport,
     /// Base URL (127.0.0.0/8 only). Default http://127.0.0.1:8090 (ours) or :8091 (nchan).
     #[arg(long)]
     url: Option<String>,
@@ -273,10 +277,16 @@ fn mb(kb: u64) -> f64 {
 
 /// Waits (bounded) until the server reports at least `want` waiting polls; returns the last value
 /// seen (None if the server has no such counter).
-fn wait_server_waiting(kind: Kind, target: &Target, want: u64, max: Duration) -> Option<u64> {
+fn wait_server_waiting(
+    kind: Kind,
+    transport: Transport,
+    target: &Target,
+    want: u64,
+    max: Duration,
+) -> Option<u64> {
     let t = Instant::now();
     loop {
-        let seen = publish::server_waiting(kind, target);
+        let seen = publish::server_waiting(kind, transport, target);
         match seen {
             Some(w) if w < want && t.elapsed() < max => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -419,6 +429,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
         specs.push(ChildSpec {
             child: i,
             kind,
+            transport: cli.transport,
             addr: target.addr,
             host: target.host.clone(),
             base: target.base.clone(),
@@ -441,8 +452,9 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
         first += n;
     }
     eprintln!(
-        "latency: {} {} C={} K={} S={} U={} D={} -> {} worker(s), deadline {:.0}s",
+        "latency: {} {} {} C={} K={} S={} U={} D={} -> {} worker(s), deadline {:.0}s",
         kind.name(),
+        cli.transport.name(),
         mode.name(),
         cli.conns,
         k,
@@ -471,7 +483,13 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
     eprintln!("latency: {connected} subscribers polling ({connect_failed} failed, {missing} workers silent) after {t_ready:.1}s");
     let settle_budget = Duration::from_secs_f64(cli.settle_max)
         .min(deadline.saturating_duration_since(Instant::now()));
-    let waiting_seen = wait_server_waiting(kind, &target, connected as u64, settle_budget);
+    let waiting_seen = wait_server_waiting(
+        kind,
+        cli.transport,
+        &target,
+        connected as u64,
+        settle_budget,
+    );
     std::thread::sleep(Duration::from_secs_f64(cli.settle.max(0.0)));
     eprintln!("latency: server reports {waiting_seen:?} waiting polls");
 
@@ -499,6 +517,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
         .unwrap_or(deadline);
     let pub_plan = PubPlan {
         kind,
+        transport: cli.transport,
         target: target.clone(),
         symbols: symbols.clone(),
         pub_syms: pub_syms.clone(),
@@ -525,7 +544,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
             let until = (Instant::now() + Duration::from_secs_f64(cli.hold_secs)).min(stop_at);
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             let held = sampler.mark();
-            let waiting_now = publish::server_waiting(kind, &target);
+            let waiting_now = publish::server_waiting(kind, cli.transport, &target);
             let per_conn_kb = match (before, held) {
                 (Some((_, b)), Some((_, h))) if connected > 0 => Some(
                     ((h.rss_kb as f64 - b.rss_kb as f64) / connected as f64 * 100.0).round()
@@ -769,6 +788,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
         "d": if mode == Mode::Run { Some(cli.duration) } else { None },
         "fanout_rounds": if mode == Mode::Fanout { Some(n_planned) } else { None },
         "server_workers": cli.server_workers,
+        "transport": cli.transport.name(),
         "hold_secs": if mode == Mode::Hold { Some(cli.hold_secs) } else { None },
         "seed": seed,
         "workers": n_children,
