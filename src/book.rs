@@ -319,18 +319,9 @@ impl QuoteBook {
     }
 
     fn get_or_create(&self, name: &str, price: f64) -> Result<(&Symbol, bool), ApiError> {
-        let created = self.symbols.get_or_insert_with(name, |name| {
-            // The creation is itself a change and takes a seq like any other, before the symbol
-            // becomes reachable (so no reader can see it without its seq).
-            let quote = Quote {
-                symbol: name,
-                price,
-                change: 0.0,
-                seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
-                ts: now_micros(),
-            };
-            Symbol::new(quote, self.lanes)
-        });
+        let created = self
+            .symbols
+            .get_or_insert_with(name, |name| self.new_symbol(name, price));
         match created {
             Ok((sym, new)) => {
                 if new {
@@ -344,9 +335,59 @@ impl QuoteBook {
         }
     }
 
+    /// A symbol opening at `price`. The creation is itself a change and takes a seq like any
+    /// other, before the symbol becomes reachable (so no reader can see it without its seq).
+    fn new_symbol(&self, name: Arc<str>, price: f64) -> Symbol {
+        let quote = Quote {
+            symbol: name,
+            price,
+            change: 0.0,
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            ts: now_micros(),
+        };
+        Symbol::new(quote, self.lanes)
+    }
+
     /// Add a symbol at its opening price (start-up); an existing one is left as it is.
     pub fn add_symbol(&self, name: &str, price: f64) -> Result<(), ApiError> {
         self.get_or_create(name, price).map(|_| ())
+    }
+
+    /// Apply a batch of (symbol, price) changes, in order, all or none: the symbols it would
+    /// create must all fit under `--max-symbols`, or nothing is applied. Returns the last seq.
+    /// Prices must be finite and non-negative (the routes check them).
+    pub fn publish_batch(&self, updates: &[(String, f64)]) -> Result<u64, ApiError> {
+        let names: Vec<&str> = updates.iter().map(|(n, _)| n.as_str()).collect();
+        // A new symbol opens at the first price the batch gives it; that creation is its change.
+        let first_price = |name: &str| {
+            updates
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0.0, |(_, p)| *p)
+        };
+        let mut created = self
+            .symbols
+            .insert_missing(&names, |name| {
+                let price = first_price(&name);
+                self.new_symbol(name, price)
+            })
+            .map_err(|Full { max }| ApiError::SymbolLimit { max })?;
+        if !created.is_empty() {
+            self.metrics
+                .symbols
+                .store(self.symbols.len() as u64, Ordering::Relaxed);
+        }
+        let mut seq = 0;
+        for (name, price) in updates {
+            if let Some(i) = created.iter().position(|c| **c == **name) {
+                created.swap_remove(i);
+                self.metrics.published.fetch_add(1, Ordering::Relaxed);
+                seq = seq.max(self.get(name).map_or(0, |s| s.latest.load().quote.seq));
+                continue;
+            }
+            seq = seq.max(self.publish(name, *price)?);
+        }
+        Ok(seq)
     }
 
     /// Set one symbol's price (creating the symbol if new) and wake its waiters. Returns the seq.
@@ -583,6 +624,31 @@ mod tests {
         let b = QuoteBook::with_first_seq(1, 1, 1, Arc::new(Metrics::default()));
         b.publish("A", 1.0).unwrap();
         assert_eq!(b.publish("B", 1.0), Err(ApiError::SymbolLimit { max: 1 }));
+    }
+
+    #[test]
+    fn a_batch_that_would_pass_the_symbol_limit_applies_nothing() {
+        let b = QuoteBook::with_first_seq(1, 3, 1, Arc::new(Metrics::default()));
+        b.publish("A", 1.0).unwrap();
+        let before = b.current_seq();
+        let batch = [
+            ("A".to_string(), 2.0),
+            ("B".into(), 3.0),
+            ("C".into(), 4.0),
+            ("D".into(), 5.0),
+        ];
+        assert_eq!(
+            b.publish_batch(&batch),
+            Err(ApiError::SymbolLimit { max: 3 })
+        );
+        assert_eq!(b.current_seq(), before);
+        assert_eq!(b.get("A").unwrap().quote().price, 1.0);
+        assert!(b.get("B").is_none());
+        // Within the limit, the whole batch applies, in order.
+        let seq = b.publish_batch(&batch[..3]).unwrap();
+        assert_eq!(seq, b.current_seq());
+        assert_eq!(b.get("A").unwrap().quote().price, 2.0);
+        assert_eq!(b.get("C").unwrap().quote().price, 4.0);
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct Cli {
     #[arg(long, env = "COMET_IDLE_TIMEOUT", default_value_t = 120.0)]
     pub idle_timeout: f64,
 
+    /// Seconds from the first byte of a request until all of it (head and body) must be in; a
+    /// request that takes longer gets 408 and the connection closes.
+    #[arg(long, env = "COMET_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
     /// Seconds without an event after which a stream sends a heartbeat comment.
     #[arg(long, env = "COMET_HEARTBEAT", default_value_t = 15.0)]
     pub heartbeat: f64,
@@ -125,6 +130,7 @@ pub struct Config {
     pub max_symbols: usize,
     pub max_body: usize,
     pub idle_timeout: Duration,
+    pub header_timeout: Duration,
     pub heartbeat: Duration,
     pub max_stream: Duration,
     pub write_timeout: Duration,
@@ -183,6 +189,7 @@ impl Cli {
             }
             Ok(d)
         };
+        let header_timeout = at_least_1ms("header-timeout", self.header_timeout)?;
         let heartbeat = at_least_1ms("heartbeat", self.heartbeat)?;
         let max_stream = at_least_1ms("max-stream", self.max_stream)?;
         let write_timeout = at_least_1ms("write-timeout", self.write_timeout)?;
@@ -230,6 +237,7 @@ impl Cli {
             max_symbols: self.max_symbols,
             max_body: self.max_body,
             idle_timeout,
+            header_timeout,
             heartbeat,
             max_stream,
             write_timeout,

@@ -15,8 +15,12 @@ pub enum ApiError {
         max_bytes: usize,
         max_headers: usize,
     },
-    /// A body without a Content-Length (chunked uploads are not accepted).
+    /// A POST with neither Content-Length nor Transfer-Encoding: chunked.
     LengthRequired,
+    /// A transfer coding other than `chunked` alone.
+    UnsupportedTransferCoding(String),
+    /// A request head not complete within the header timeout.
+    RequestTimeout,
     /// The body is larger than the configured cap.
     BodyTooLarge { max: usize },
     /// `symbols=` is absent or empty.
@@ -50,7 +54,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The single place where errors become HTTP status codes.
+    /// The single place where errors become HTTP status codes. All are 4xx, except a transfer
+    /// coding the server does not implement (501, RFC 9112 §6.1).
     pub fn status(&self) -> u16 {
         use ApiError::*;
         match self {
@@ -60,7 +65,9 @@ impl ApiError {
             Forbidden => 403,
             UnknownSymbol(_) | NotFound(_) => 404,
             MethodNotAllowed { .. } => 405,
+            RequestTimeout => 408,
             LengthRequired => 411,
+            UnsupportedTransferCoding(_) => 501,
             BodyTooLarge { .. } => 413,
             SymbolLimit { .. } => 422,
             HeadersTooLarge { .. } => 431,
@@ -80,7 +87,15 @@ impl fmt::Display for ApiError {
                 f,
                 "request head too large (at most {max_bytes} bytes and {max_headers} headers)"
             ),
-            LengthRequired => write!(f, "a request body needs a Content-Length header"),
+            LengthRequired => write!(
+                f,
+                "a POST needs Content-Length or Transfer-Encoding: chunked"
+            ),
+            UnsupportedTransferCoding(c) => write!(
+                f,
+                "unsupported Transfer-Encoding {c:?}: only chunked is accepted"
+            ),
+            RequestTimeout => write!(f, "the request head did not arrive in time"),
             BodyTooLarge { max } => write!(f, "request body larger than {max} bytes"),
             MissingSymbols => write!(f, "missing symbols: pass symbols=IBM,MSFT"),
             BadSymbol(s) => write!(f, "bad symbol {s:?}: use 1-12 letters, digits, '.' or '-'"),
@@ -119,7 +134,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_error_is_a_client_error() {
+    fn every_error_but_an_unknown_coding_is_a_client_error() {
+        assert_eq!(
+            ApiError::UnsupportedTransferCoding("gzip".into()).status(),
+            501
+        );
         let all = [
             ApiError::BadRequest("x".into()),
             ApiError::HeadersTooLarge {
@@ -127,6 +146,7 @@ mod tests {
                 max_headers: 1,
             },
             ApiError::LengthRequired,
+            ApiError::RequestTimeout,
             ApiError::BodyTooLarge { max: 1 },
             ApiError::MissingSymbols,
             ApiError::BadSymbol("x".into()),

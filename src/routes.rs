@@ -172,10 +172,7 @@ fn publish(app: &App, req: &Request) -> Result<Reply, ApiError> {
         req.peer,
     )?;
     let updates = parse_publish(&req.body)?;
-    let mut seq = 0;
-    for (symbol, price) in &updates {
-        seq = app.book.publish(symbol, *price)?;
-    }
+    let seq = app.book.publish_batch(&updates)?;
     Ok(Reply::json(
         200,
         serde_json::json!({ "seq": seq }).to_string().into_bytes(),

@@ -96,6 +96,47 @@ impl<T> Table<T> {
         Ok((value, true))
     }
 
+    /// Insert every name of `names` that is absent, `make(name)` each, all or none: if they do
+    /// not all fit, nothing is inserted. Returns the names inserted now.
+    pub fn insert_missing(
+        &self,
+        names: &[&str],
+        mut make: impl FnMut(Arc<str>) -> T,
+    ) -> Result<Vec<Arc<str>>, Full> {
+        let mut missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| self.get(n).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sorted = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Re-check under the writer lock: another publisher may have added some meanwhile.
+        missing.retain(|n| self.get(n).is_none());
+        if sorted.len() + missing.len() > self.max {
+            return Err(Full { max: self.max });
+        }
+        let mask = self.slots.len() - 1;
+        let mut inserted = Vec::with_capacity(missing.len());
+        for name in missing {
+            let name: Arc<str> = name.into();
+            let value = make(Arc::clone(&name));
+            let mut i = self.start(&name);
+            while self.slots[i].get().is_some() {
+                i = (i + 1) & mask;
+            }
+            let at = sorted.binary_search(&name).unwrap_or_else(|i| i);
+            sorted.insert(at, Arc::clone(&name));
+            // Cannot fail: only writers set slots, and they hold `writer`.
+            let _ = self.slots[i].set((Arc::clone(&name), value));
+            inserted.push(name);
+        }
+        Ok(inserted)
+    }
+
     /// All names, sorted.
     pub fn names(&self) -> Vec<Arc<str>> {
         self.writer.lock().map(|n| n.clone()).unwrap_or_default()
@@ -139,6 +180,21 @@ mod tests {
             t.get_or_insert_with("A", |_| 2).map(|(v, n)| (*v, n)),
             Ok((1, false))
         );
+    }
+
+    #[test]
+    fn inserting_many_is_all_or_nothing() {
+        let t: Table<u32> = Table::new(3);
+        t.get_or_insert_with("A", |_| 1).unwrap();
+        assert_eq!(
+            t.insert_missing(&["A", "B", "C", "D"], |_| 0).err(),
+            Some(Full { max: 3 })
+        );
+        assert_eq!(t.len(), 1);
+        let added = t.insert_missing(&["B", "A", "B", "C"], |_| 7).unwrap();
+        assert_eq!(added.iter().map(|n| &**n).collect::<Vec<_>>(), ["B", "C"]);
+        assert_eq!(t.get("C"), Some(&7));
+        assert_eq!(t.get("A"), Some(&1));
     }
 
     #[test]

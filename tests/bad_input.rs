@@ -191,13 +191,21 @@ fn non_numeric_content_length_is_400() {
 }
 
 #[test]
-fn chunked_body_is_411() {
+fn post_without_a_length_is_411() {
+    let s = TestServer::start(&[]);
+    let r = raw(&s, b"POST /api/quotes HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_error(&s, r, 411, "Content-Length");
+}
+
+#[test]
+fn an_unknown_transfer_coding_is_501() {
     let s = TestServer::start(&[]);
     let r = raw(
         &s,
-        b"POST /api/quotes HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /api/quotes HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     );
-    assert_error(&s, r, 411, "Content-Length");
+    assert_eq!(r.status, 501, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("chunked"));
 }
 
 #[test]

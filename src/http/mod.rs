@@ -3,6 +3,7 @@
 //! Routes take a [`Request`] and return a [`Reply`]; neither knows which engine carried them, so a
 //! connection layer can be swapped without touching the routes.
 
+pub mod date;
 pub mod minihttp;
 pub mod native;
 pub mod protocol;

@@ -19,11 +19,12 @@ use may::net::{TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::protocol::{self, parse_head};
+use crate::http::date;
+use crate::http::protocol::{self, decode_chunked, parse_head, BodyLength};
 use crate::http::{Reply, Request};
 use crate::routes::{self, Response};
 use crate::stream::{self, StreamIo};
-use crate::waiter::{Expire, Hold, Parked, Parker};
+use crate::waiter::{Expire, Hold, Parked, Parker, Sweeper};
 
 /// Bytes read at a time. Under 1 KiB so the buffer comes from glibc's per-thread cache (chunks up
 /// to 1032 bytes): larger buffers, allocated and freed on every request, showed up as malloc
@@ -70,24 +71,39 @@ impl Drop for Open<'_> {
 /// The connection coroutine waits for requests with `wait_io` (no timer, no syscall); the sweeper
 /// checks this watch at its deadline and, if the connection has been idle too long (and is not
 /// busy answering), marks it expired and wakes the coroutine, which then closes the connection.
+///
+/// It also times a request that is arriving: from the first byte of its head until it is all
+/// in, `--header-timeout` governs instead of the idle timeout, so a client that trickles a byte
+/// at a time cannot keep the connection for longer by each byte it sends.
 struct IdleWatch {
     waker: WaitIoWaker,
-    /// The idle timeout in milliseconds (a u32, not a Duration: one allocation per connection,
-    /// kept for its whole life, 16 bytes smaller).
+    /// The idle and header timeouts in milliseconds (u32s, not Durations: one allocation per
+    /// connection, kept for its whole life, kept small).
     idle_ms: u32,
+    header_ms: u32,
     start: Instant,
     /// Milliseconds after `start` of the last request byte read or answer written.
     last_active: AtomicU64,
+    /// Milliseconds after `start` of the first byte of the request now arriving; NO_REQUEST when
+    /// none is.
+    arriving_since: AtomicU64,
     /// A request is being handled (a held poll is not idle).
     busy: AtomicBool,
     expired: AtomicBool,
+    /// The request now arriving missed the header timeout.
+    too_slow: AtomicBool,
     closed: AtomicBool,
 }
 
+const NO_REQUEST: u64 = u64::MAX;
+
 impl IdleWatch {
+    fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_active.store(ms, Ordering::Relaxed);
+        self.last_active.store(self.elapsed_ms(), Ordering::Relaxed);
     }
 
     fn is_expired(&self) -> bool {
@@ -97,6 +113,37 @@ impl IdleWatch {
     fn idle(&self) -> Duration {
         Duration::from_millis(u64::from(self.idle_ms))
     }
+
+    /// When the request now arriving must be in, if one is.
+    fn arrival_due(&self) -> Option<Instant> {
+        match self.arriving_since.load(Ordering::Acquire) {
+            NO_REQUEST => None,
+            since => Some(self.start + Duration::from_millis(since + u64::from(self.header_ms))),
+        }
+    }
+}
+
+/// The sweeper's entry for a request that did not arrive in one read: ends the connection if the
+/// request is not all in by the header timeout. An entry of its own, separate from the idle
+/// watch's, so that it lapses once the request is in.
+struct ArrivalTimer(Arc<IdleWatch>);
+
+impl Expire for ArrivalTimer {
+    fn expire(&self, now: Instant, shutting_down: bool) -> Option<Instant> {
+        let w = &self.0;
+        let due = w.arrival_due()?;
+        if due > now && !shutting_down {
+            return Some(due);
+        }
+        w.too_slow.store(!shutting_down, Ordering::Release);
+        w.expired.store(true, Ordering::Release);
+        w.waker.wakeup();
+        None
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire) || self.0.arrival_due().is_none()
+    }
 }
 
 impl Expire for IdleWatch {
@@ -104,7 +151,8 @@ impl Expire for IdleWatch {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
-        if self.busy.load(Ordering::Acquire) {
+        // A request arriving is timed by its ArrivalTimer; a connection is not idle meanwhile.
+        if self.busy.load(Ordering::Acquire) || self.arrival_due().is_some() {
             return Some(now + self.idle());
         }
         let due = self.start
@@ -155,10 +203,13 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
         waker: stream.waker(),
         // At least 1 ms; the config caps the timeout at a day, far below u32::MAX ms.
         idle_ms: (app.config.idle_timeout.as_millis() as u32).max(1),
+        header_ms: (app.config.header_timeout.as_millis() as u32).max(1),
         start: Instant::now(),
         last_active: AtomicU64::new(0),
+        arriving_since: AtomicU64::new(NO_REQUEST),
         busy: AtomicBool::new(false),
         expired: AtomicBool::new(false),
+        too_slow: AtomicBool::new(false),
         closed: AtomicBool::new(false),
     });
     let sweeper = Arc::clone(app.book.sweeper());
@@ -171,14 +222,13 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
     let mut buf: Vec<u8> = Vec::new();
     let mut drained = false;
     loop {
-        match next_request(
-            &stream,
-            &mut buf,
-            peer,
-            app.config.max_body,
-            &watch,
-            &mut drained,
-        ) {
+        let mut reader = Reader {
+            stream: &stream,
+            buf: &mut buf,
+            drained: &mut drained,
+            watch: &watch,
+        };
+        match reader.next_request(peer, app.config.max_body, &sweeper) {
             Ok(Some((mut req, keep_alive))) => {
                 req.lane = lane;
                 if buf.is_empty() {
@@ -196,7 +246,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                     }
                     Response::Stream(s) => {
                         let mut head = Vec::with_capacity(512);
-                        protocol::stream_head(&mut head);
+                        protocol::stream_head(&date::now(), &mut head);
                         // From here a write that makes no progress ends the stream as slow.
                         let _ = conn
                             .stream
@@ -225,7 +275,11 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                 let reply = routes::error_reply(&e);
                 app.metrics.count_request(reply.status);
                 let _ = Conn::new(&mut stream).send_reply(&reply, false, false);
-                linger(&mut stream);
+                // A client that is still sending (a body we refused) reads the answer only once
+                // it is done; one that trickles its head would only hold us up.
+                if e != ApiError::RequestTimeout {
+                    linger(&mut stream);
+                }
                 break;
             }
         }
@@ -282,7 +336,7 @@ impl<'a> Conn<'a> {
     fn send_reply(&mut self, reply: &Reply, head_only: bool, keep_alive: bool) -> io::Result<()> {
         let body = reply.body.as_bytes();
         let mut out = Vec::with_capacity(256 + body.len());
-        protocol::reply_head(reply, body.len(), keep_alive, &mut out);
+        protocol::reply_head(reply, body.len(), keep_alive, &date::now(), &mut out);
         if !head_only && reply.status != 304 {
             out.extend_from_slice(body);
         }
@@ -313,17 +367,26 @@ impl StreamIo for Conn<'_> {
     }
 }
 
-/// After an error answer, read and discard what the client is still sending (bounded in bytes
-/// and time) before closing: closing with unread bytes makes the kernel send a reset, which can
-/// destroy the answer before the client reads it.
+/// After an error answer, read and discard what the client is still sending, for at most
+/// `LINGER` and `LINGER_BYTES`, before closing. Closing with unread bytes makes the kernel send a
+/// reset, which destroys the answer before a client that sends its whole body first (Python's
+/// http.client, requests) reads it. nginx's lingering close does the same.
 fn linger(stream: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_secs(5);
+    const LINGER_BYTES: usize = 64 << 20;
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    // On the heap: a 4 KiB array here would deepen every connection coroutine's stack (pages a
+    let until = Instant::now() + LINGER;
+    // On the heap: a 16 KiB array here would deepen every connection coroutine's stack (pages a
     // coroutine ever touches stay resident while its poll is held).
-    let mut sink = vec![0u8; 4096];
-    let mut left = 1 << 20;
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
     while left > 0 {
+        let time_left = until.saturating_duration_since(Instant::now());
+        // may waits in whole milliseconds; under 1 ms it would never fire.
+        if time_left < Duration::from_millis(1) {
+            break;
+        }
+        let _ = stream.set_read_timeout(Some(time_left));
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => left -= n.min(left),
@@ -331,98 +394,138 @@ fn linger(stream: &mut TcpStream) {
     }
 }
 
-/// Wait until the socket may have bytes (or the idle watch expired). No syscall and no may timer:
-/// `wait_io` parks the coroutine until its epoll event or the sweeper's wake-up.
-fn wait_readable(stream: &TcpStream, watch: &IdleWatch) -> bool {
-    if watch.is_expired() {
-        return false;
-    }
-    stream.wait_io();
-    !watch.is_expired()
+/// Reads requests off one connection: its read buffer, and what is known about the socket.
+struct Reader<'a> {
+    stream: &'a TcpStream,
+    buf: &'a mut Vec<u8>,
+    /// The socket is known to be empty: wait for an epoll event before reading (see `fill`).
+    drained: &'a mut bool,
+    watch: &'a Arc<IdleWatch>,
 }
 
-/// Read more bytes into `buf`. `Ok(false)` on end of stream or idle timeout.
-///
-/// Reads go to the non-blocking socket directly, one syscall per attempt (may's own `read`
-/// retries a failing read once more before it parks, and arms a timer when a read timeout is
-/// set). `drained` tracks whether the socket is known to be empty: then any new byte raises an
-/// epoll event, so the coroutine waits for it first instead of trying a read that would fail.
-/// After an answer the next request is rarely there yet, so this saves two syscalls per request.
-fn fill(
-    stream: &TcpStream,
-    buf: &mut Vec<u8>,
-    watch: &IdleWatch,
-    drained: &mut bool,
-) -> io::Result<bool> {
-    let sock = stream.inner();
-    loop {
-        if *drained {
-            if !wait_readable(stream, watch) {
-                return Ok(false);
-            }
-            *drained = false;
-        } else if buf.is_empty() {
-            // Not known to be empty: look for a first byte without a buffer, so a connection
-            // whose request has not arrived yet holds no read buffer.
-            match sock.peek(&mut [0u8; 1]) {
-                Ok(0) => return Ok(false),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    *drained = true;
-                    continue;
+impl Reader<'_> {
+    /// Wait until the socket may have bytes (or the watch expired). No syscall and no may
+    /// timer: `wait_io` parks the coroutine until its epoll event or the sweeper's wake-up.
+    fn wait_readable(&self) -> bool {
+        if self.watch.is_expired() {
+            return false;
+        }
+        self.stream.wait_io();
+        !self.watch.is_expired()
+    }
+
+    /// Read more bytes into the buffer. `Ok(false)` on end of stream or a timeout.
+    ///
+    /// Reads go to the non-blocking socket directly, one syscall per attempt (may's own `read`
+    /// retries a failing read once more before it parks, and arms a timer when a read timeout
+    /// is set). `drained` tracks whether the socket is known to be empty: then any new byte
+    /// raises an epoll event, so the coroutine waits for it first instead of trying a read that
+    /// would fail. After an answer the next request is rarely there yet, so this saves two
+    /// syscalls per request.
+    fn fill(&mut self) -> io::Result<bool> {
+        let sock = self.stream.inner();
+        loop {
+            if *self.drained {
+                if !self.wait_readable() {
+                    return Ok(false);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                *self.drained = false;
+            } else if self.buf.is_empty() {
+                // Not known to be empty: look for a first byte without a buffer, so a
+                // connection whose request has not arrived yet holds no read buffer.
+                match sock.peek(&mut [0u8; 1]) {
+                    Ok(0) => return Ok(false),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        *self.drained = true;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + READ_CHUNK, 0);
+            let got = (&*sock).read(&mut self.buf[len..]);
+            self.buf.truncate(len + *got.as_ref().unwrap_or(&0));
+            match got {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    // A short read emptied the socket; a full one may have left more behind.
+                    *self.drained = n < READ_CHUNK;
+                    self.watch.touch();
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => *self.drained = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        let len = buf.len();
-        buf.resize(len + READ_CHUNK, 0);
-        let got = (&*sock).read(&mut buf[len..]);
-        buf.truncate(len + *got.as_ref().unwrap_or(&0));
-        match got {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                // A short read emptied the socket; a full one may have left more behind.
-                *drained = n < READ_CHUNK;
-                watch.touch();
-                return Ok(true);
+    }
+
+    /// Read more of a request that has started to arrive. The first time its bytes do not all
+    /// come in one read, the sweeper is told when the request must be in (`--header-timeout`):
+    /// most requests arrive whole and cost the sweeper nothing.
+    fn fill_request(&mut self, sweeper: &Sweeper, armed: &mut bool) -> Result<bool, ApiError> {
+        let w = self.watch;
+        if !*armed {
+            *armed = true;
+            if let Some(due) = w.arrival_due() {
+                sweeper.add(due, Arc::new(ArrivalTimer(Arc::clone(w))));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *drained = true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        }
+        match self.fill() {
+            Ok(true) => Ok(true),
+            _ if w.too_slow.load(Ordering::Acquire) => Err(ApiError::RequestTimeout),
+            _ => Ok(false),
         }
     }
-}
 
-/// Read the next request (head and body). `Ok(None)`: the connection ended cleanly or idled out.
-fn next_request(
-    stream: &TcpStream,
-    buf: &mut Vec<u8>,
-    peer: Option<IpAddr>,
-    max_body: usize,
-    watch: &IdleWatch,
-    drained: &mut bool,
-) -> Result<Option<(Request, bool)>, ApiError> {
-    let head = loop {
-        if !buf.is_empty() {
-            if let Some(head) = parse_head(buf, peer, max_body)? {
+    /// Read the next request (head and body). `Ok(None)`: the connection ended cleanly or idled
+    /// out.
+    fn next_request(
+        &mut self,
+        peer: Option<IpAddr>,
+        max_body: usize,
+        sweeper: &Sweeper,
+    ) -> Result<Option<(Request, bool)>, ApiError> {
+        // Between requests the idle timeout governs: wait for the first byte.
+        if self.buf.is_empty() && !self.fill().unwrap_or(false) {
+            return Ok(None);
+        }
+        // From here the header timeout does.
+        let w = self.watch;
+        w.arriving_since.store(w.elapsed_ms(), Ordering::Release);
+        let mut armed = false;
+        let head = loop {
+            if let Some(head) = parse_head(self.buf, peer, max_body)? {
                 break head;
             }
-        }
-        match fill(stream, buf, watch, drained) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Ok(None),
-        }
-    };
-    let end = head.head_len + head.content_length;
-    while buf.len() < end {
-        match fill(stream, buf, watch, drained) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Ok(None),
-        }
+            if !self.fill_request(sweeper, &mut armed)? {
+                return Ok(None);
+            }
+        };
+        let (body, end) = loop {
+            let rest = &self.buf[head.head_len..];
+            match head.body {
+                BodyLength::Length(n) if rest.len() >= n => {
+                    break (rest[..n].to_vec(), head.head_len + n);
+                }
+                BodyLength::Length(_) => {}
+                BodyLength::Chunked => {
+                    if let Some((body, used)) = decode_chunked(rest, max_body)? {
+                        break (body, head.head_len + used);
+                    }
+                }
+            }
+            if !self.fill_request(sweeper, &mut armed)? {
+                return Ok(None);
+            }
+        };
+        w.arriving_since.store(NO_REQUEST, Ordering::Release);
+        let mut req = head.req;
+        req.body = body;
+        self.buf.drain(..end);
+        Ok(Some((req, head.keep_alive)))
     }
-    let mut req = head.req;
-    req.body = buf[head.head_len..end].to_vec();
-    buf.drain(..end);
-    Ok(Some((req, head.keep_alive)))
 }

@@ -1,6 +1,6 @@
-//! HTTP/1.1 protocol, apart from any socket: parsing a request head, and the bytes of a response
-//! head. Pure functions over bytes, unit-tested without I/O; `native` does the reading and
-//! writing.
+//! HTTP/1.1 protocol, apart from any socket: parsing a request head, decoding a chunked body, and
+//! the bytes of a response head. Pure functions over bytes, unit-tested without I/O; `native` does
+//! the reading and writing.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -12,11 +12,20 @@ use crate::http::{reason_phrase, Reply, Request};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers in one request; more gets 431 (an answer, unlike may_minihttp's silent drop).
 pub const MAX_HEADERS: usize = 64;
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// `Content-Length` bytes (0 without the header).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`: see [`decode_chunked`].
+    Chunked,
+}
+
 /// The parsed head: everything but the body, owned.
 pub struct Head {
     pub req: Request,
     pub head_len: usize,
-    pub content_length: usize,
+    pub body: BodyLength,
     pub keep_alive: bool,
 }
 
@@ -63,6 +72,7 @@ pub fn parse_head(
     let http11 = parsed.version == Some(1);
     let mut keep_alive = http11;
     let mut content_length: Option<usize> = None;
+    let mut chunked = false;
     for h in parsed.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -75,7 +85,15 @@ pub fn parse_head(
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ApiError::LengthRequired);
+            // Only `chunked`, alone: any other coding is one this server cannot undo.
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            let codings: Vec<&str> = v.split(',').map(str::trim).collect();
+            if codings != ["chunked"] || chunked {
+                return Err(ApiError::UnsupportedTransferCoding(
+                    v.chars().take(40).collect(),
+                ));
+            }
+            chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             if v.split(',').any(|t| t.trim() == "close") {
@@ -87,23 +105,105 @@ pub fn parse_head(
             req.set_header(name, h.value);
         }
     }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > max_body {
-        return Err(ApiError::BodyTooLarge { max: max_body });
+    let body = match (chunked, content_length) {
+        // Both framings at once is how requests are smuggled past proxies (RFC 9112 §6.1).
+        (true, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "both Transfer-Encoding and Content-Length".into(),
+            ))
+        }
+        (true, None) if !http11 => {
+            return Err(ApiError::BadRequest(
+                "Transfer-Encoding needs HTTP/1.1".into(),
+            ))
+        }
+        (true, None) => BodyLength::Chunked,
+        (false, Some(n)) if n > max_body => return Err(ApiError::BodyTooLarge { max: max_body }),
+        (false, n) => BodyLength::Length(n.unwrap_or(0)),
+    };
+    if req.method == "POST" && !chunked && content_length.is_none() {
+        return Err(ApiError::LengthRequired);
     }
     Ok(Some(Head {
         req,
         head_len,
-        content_length,
+        body,
         keep_alive,
     }))
 }
 
+/// Most bytes of chunk framing (size lines, extensions, trailers) accepted around `max_body`
+/// decoded bytes: a body of many tiny chunks, or a long trailer, is refused rather than read on.
+pub const MAX_CHUNK_OVERHEAD: usize = 16 * 1024;
+
+/// Decode a complete chunked body (RFC 9112 §7.1) from the start of `buf`: the body and how many
+/// bytes of `buf` it took, or `Ok(None)` if more bytes are needed. Chunk extensions and trailer
+/// fields are ignored. A body that decodes to more than `max` bytes is 413; anything malformed
+/// is 400 (the connection must then close: its framing is lost).
+pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(format!("malformed chunked body: {why}"));
+    let too_large = || ApiError::BodyTooLarge { max };
+    let mut body = Vec::new();
+    let mut pos = 0;
+    // One line ending in CRLF starting at `pos`, without it; None if it has not all arrived.
+    let line = |pos: usize| -> Result<Option<&[u8]>, ApiError> {
+        match buf[pos..].windows(2).position(|w| w == b"\r\n") {
+            Some(n) => Ok(Some(&buf[pos..pos + n])),
+            None if buf.len() - pos > MAX_CHUNK_OVERHEAD => Err(too_large()),
+            None => Ok(None),
+        }
+    };
+    loop {
+        let Some(size_line) = line(pos)? else {
+            return Ok(None);
+        };
+        pos += size_line.len() + 2;
+        let digits = size_line.split(|&b| b == b';').next().unwrap_or_default();
+        if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(bad("bad chunk size"));
+        }
+        let size = digits.iter().fold(0usize, |n, &d| {
+            n * 16 + (d as char).to_digit(16).unwrap_or(0) as usize
+        });
+        if size == 0 {
+            // The trailer section: field lines up to an empty line.
+            loop {
+                let Some(trailer) = line(pos)? else {
+                    return Ok(None);
+                };
+                pos += trailer.len() + 2;
+                if trailer.is_empty() {
+                    return Ok(Some((body, pos)));
+                }
+                if pos > max + MAX_CHUNK_OVERHEAD {
+                    return Err(too_large());
+                }
+            }
+        }
+        if body.len() + size > max {
+            return Err(too_large());
+        }
+        if pos > max + MAX_CHUNK_OVERHEAD {
+            return Err(too_large());
+        }
+        if buf.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size;
+        if &buf[pos..pos + 2] != b"\r\n" {
+            return Err(bad("chunk data not followed by CRLF"));
+        }
+        pos += 2;
+    }
+}
+
 /// The head of a reply with a body of `body_len` bytes: status line, headers, blank line.
-pub fn reply_head(reply: &Reply, body_len: usize, keep_alive: bool, out: &mut Vec<u8>) {
+/// `date` is the `Date` header's value ([`crate::http::date`]).
+pub fn reply_head(reply: &Reply, body_len: usize, keep_alive: bool, date: &str, out: &mut Vec<u8>) {
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nServer: comet-quotes\r\nContent-Type: {}\r\nCache-Control: {}\r\nContent-Length: {}\r\n",
+        "HTTP/1.1 {} {}\r\nServer: comet-quotes\r\nDate: {date}\r\nContent-Type: {}\r\nCache-Control: {}\r\nContent-Length: {}\r\n",
         reply.status,
         reason_phrase(reply.status),
         reply.content_type,
@@ -121,10 +221,11 @@ pub fn reply_head(reply: &Reply, body_len: usize, keep_alive: bool, out: &mut Ve
 
 /// The head of a Server-Sent Events stream. The body runs until the server closes the
 /// connection (no length, no chunks); `X-Accel-Buffering: no` tells nginx not to buffer it.
-pub fn stream_head(out: &mut Vec<u8>) {
-    out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\nServer: comet-quotes\r\nContent-Type: text/event-stream\r\n\
-          Cache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n",
+pub fn stream_head(date: &str, out: &mut Vec<u8>) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\nServer: comet-quotes\r\nDate: {date}\r\nContent-Type: text/event-stream\r\n\
+         Cache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
     );
 }
 
@@ -176,16 +277,28 @@ mod tests {
             e("POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n"),
             Some(400)
         );
+        assert_eq!(e("POST / HTTP/1.1\r\n\r\n"), Some(411));
         assert_eq!(
-            e("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Some(411)
+            e("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some(501)
+        );
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"),
+            Some(400)
         );
         assert_eq!(
             head("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
                 .unwrap()
                 .unwrap()
-                .content_length,
-            5
+                .body,
+            BodyLength::Length(5)
+        );
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .body,
+            BodyLength::Chunked
         );
     }
 
@@ -207,20 +320,49 @@ mod tests {
     }
 
     #[test]
+    fn chunked_bodies_decode_and_report_what_they_took() {
+        let wire = b"4\r\nWiki\r\n6;ext=x\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        let (body, used) = decode_chunked(wire, 100).unwrap().unwrap();
+        assert_eq!(body, b"Wikipedia in \r\n\r\nchunks.");
+        assert_eq!(&wire[used..], b"NEXT");
+        // Every prefix is incomplete, not an error.
+        for cut in 0..wire.len() - 4 {
+            assert_eq!(decode_chunked(&wire[..cut], 100), Ok(None), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_that_are_malformed_or_too_large_are_refused() {
+        let status = |wire: &[u8], max| decode_chunked(wire, max).err().map(|e| e.status());
+        assert_eq!(status(b"zz\r\nab\r\n0\r\n\r\n", 100), Some(400));
+        assert_eq!(status(b"2\r\nabc\r\n0\r\n\r\n", 100), Some(400));
+        assert_eq!(status(b"\r\n", 100), Some(400));
+        assert_eq!(status(b"ffffffffffffffffff\r\n", 100), Some(400));
+        assert_eq!(
+            status(b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", 8),
+            Some(413)
+        );
+        let endless_size_line = vec![b'1'; MAX_CHUNK_OVERHEAD + 10];
+        assert_eq!(status(&endless_size_line, 8), Some(413));
+    }
+
+    #[test]
     fn reply_head_names_length_type_and_close() {
         let mut out = Vec::new();
-        reply_head(&Reply::json(200, b"{}".to_vec()), 2, false, &mut out);
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        reply_head(&Reply::json(200, b"{}".to_vec()), 2, false, date, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(text.contains("Content-Length: 2\r\n"));
         assert!(text.contains("Content-Type: application/json\r\n"));
         assert!(text.ends_with("Connection: close\r\n\r\n"));
+        assert!(text.contains("Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
     }
 
     #[test]
     fn stream_head_has_no_length_and_says_event_stream() {
         let mut out = Vec::new();
-        stream_head(&mut out);
+        stream_head("Sun, 06 Nov 1994 08:49:37 GMT", &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Type: text/event-stream\r\n"));
         assert!(text.contains("X-Accel-Buffering: no\r\n"));
