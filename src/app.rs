@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::book::QuoteBook;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -14,4 +15,6 @@ pub struct App {
     pub config: Config,
     pub book: Arc<QuoteBook>,
     pub metrics: Arc<Metrics>,
+    /// The Redis link, when this node is one of a cluster (`--redis`).
+    pub cluster: Option<Arc<Cluster>>,
 }

@@ -54,6 +54,16 @@ pub struct Quote {
     pub ts: u64,
 }
 
+/// A quote as the cluster's Redis holds it (`cluster`): the seq and time it was given there, the
+/// price, and the symbol's opening price that `change` is measured from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RemoteQuote {
+    pub seq: u64,
+    pub ts: u64,
+    pub price: f64,
+    pub open: f64,
+}
+
 /// A symbol's latest quote as readers see it: immutable, replaced whole at every change.
 struct Latest {
     quote: Quote,
@@ -134,6 +144,18 @@ impl Symbol {
 
     pub fn quote(&self) -> Quote {
         self.latest.load().quote.clone()
+    }
+
+    /// Wake every waiter of every lane (module doc). Call after the change is visible.
+    pub fn wake_all(&self) {
+        for (lane, list) in self.lanes.iter().enumerate() {
+            let waiters = {
+                let mut list = lock(list);
+                list.prune_at = MIN_PRUNE;
+                std::mem::take(&mut list.waiters)
+            };
+            wake(lane, waiters);
+        }
     }
 
     /// Register `w` on `lane` for the next change unless the symbol already changed after
@@ -243,6 +265,10 @@ pub struct QuoteBook {
     seq: AtomicU64,
     /// Waiter lists per symbol: one per may worker.
     lanes: usize,
+    /// How long a poll or stream with a cursor above this node's waits for the node to catch up
+    /// before taking it for a cursor from elsewhere: 0 alone (no other node hands out cursors),
+    /// a moment in a cluster (another node may have applied a change this one has not yet).
+    catch_up: Duration,
     sweeper: Arc<Sweeper>,
     metrics: Arc<Metrics>,
 }
@@ -264,6 +290,25 @@ impl QuoteBook {
             symbols: Table::new(max_symbols),
             seq: AtomicU64::new(first_seq),
             lanes: lanes.max(1),
+            catch_up: Duration::ZERO,
+            sweeper: Sweeper::new(),
+            metrics,
+        })
+    }
+
+    /// A book for a cluster node: seqs come from Redis (`apply_remote`), and a cursor up to
+    /// `catch_up` ahead of this node is waited for rather than resynchronised.
+    pub fn for_cluster(
+        max_symbols: usize,
+        lanes: usize,
+        catch_up: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<QuoteBook> {
+        Arc::new(QuoteBook {
+            symbols: Table::new(max_symbols),
+            seq: AtomicU64::new(0),
+            lanes: lanes.max(1),
+            catch_up,
             sweeper: Sweeper::new(),
             metrics,
         })
@@ -419,14 +464,7 @@ impl QuoteBook {
         };
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         // After the store: a poll registering from now on sees the new quote (`register`).
-        for (lane, list) in sym.lanes.iter().enumerate() {
-            let waiters = {
-                let mut list = lock(list);
-                list.prune_at = MIN_PRUNE;
-                std::mem::take(&mut list.waiters)
-            };
-            wake(lane, waiters);
-        }
+        sym.wake_all();
         Ok(seq)
     }
 
@@ -449,10 +487,97 @@ impl QuoteBook {
         Answer::build(g, Reason::Change, quotes)
     }
 
-    /// Whether `cursor` is one this run could have handed out: one above the counter can only
-    /// come from elsewhere (another run or node), and is answered with a full snapshot.
+    /// Whether `cursor` is one this book could have handed out. One above the counter is waited
+    /// for (up to the catch-up time: in a cluster another node may be a change ahead); one
+    /// still above it after that comes from elsewhere (an earlier run, another cluster), and is
+    /// answered with a full snapshot.
     pub fn is_future(&self, cursor: u64) -> bool {
-        cursor > self.current_seq()
+        if cursor <= self.current_seq() {
+            return false;
+        }
+        let until = Instant::now() + self.catch_up;
+        while Instant::now() < until {
+            if may::coroutine::is_coroutine() {
+                may::coroutine::sleep(Duration::from_millis(1));
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if cursor <= self.current_seq() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Store a change that Redis gave its seq (`cluster`), creating the symbol if new, unless
+    /// the book already has this one or a later one. Returns the symbol to wake, which the caller
+    /// does only after [`QuoteBook::advance`]: a woken poll reads the counter first, and must
+    /// find it at or past the change that woke it.
+    pub fn apply_remote(&self, name: &str, q: RemoteQuote) -> Option<&Symbol> {
+        let quote = |symbol: Arc<str>| Quote {
+            symbol,
+            price: q.price,
+            change: round_cents(q.price - q.open),
+            seq: q.seq,
+            ts: q.ts,
+        };
+        let created = self.symbols.get_or_insert_with(name, |name| {
+            let sym = Symbol::new(quote(name), self.lanes);
+            *lock(&sym.publisher) = q.open;
+            sym
+        });
+        let (sym, new) = match created {
+            Ok(found) => found,
+            Err(Full { max }) => {
+                log::warn!("not following {name}: this node holds at most {max} symbols");
+                return None;
+            }
+        };
+        if new {
+            self.metrics
+                .symbols
+                .store(self.symbols.len() as u64, Ordering::Relaxed);
+            return Some(sym);
+        }
+        let mut open = lock(&sym.publisher);
+        let current = sym.latest.load();
+        if current.quote.seq >= q.seq {
+            return None;
+        }
+        *open = q.open;
+        let quote = quote(Arc::clone(&current.quote.symbol));
+        sym.latest.store(Arc::new(Latest {
+            json: serialize(&quote),
+            quote,
+        }));
+        Some(sym)
+    }
+
+    /// Move the cursor of "now" up to `seq` (never down), once the changes up to it are stored.
+    pub fn advance(&self, seq: u64) {
+        self.seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Every symbol's latest quote with its opening price, for writing back to Redis.
+    pub fn remote_quotes(&self) -> Vec<(String, RemoteQuote)> {
+        self.symbols
+            .names()
+            .iter()
+            .filter_map(|name| {
+                let sym = self.symbols.get(name)?;
+                let open = *lock(&sym.publisher);
+                let q = sym.latest.load();
+                Some((
+                    name.to_string(),
+                    RemoteQuote {
+                        seq: q.quote.seq,
+                        ts: q.quote.ts,
+                        price: q.quote.price,
+                        open,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Wait until one of `symbols` has changed after `cursor`, until `deadline`, or until the

@@ -112,6 +112,11 @@ pub struct Cli {
     #[arg(long, env = "COMET_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
 
+    /// Join the cluster whose shared state lives in this Redis (redis://HOST:PORT[/DB]);
+    /// without it the server runs alone.
+    #[arg(long, env = "COMET_REDIS")]
+    pub redis: Option<String>,
+
     /// HTTP connection layer.
     #[arg(long, env = "COMET_ENGINE", value_enum, default_value_t = Engine::Native)]
     pub engine: Engine,
@@ -139,6 +144,7 @@ pub struct Config {
     pub feed: Option<FeedConfig>,
     pub seed: Option<u64>,
     pub publish_token: Option<String>,
+    pub redis: Option<String>,
     pub engine: Engine,
 }
 
@@ -223,6 +229,10 @@ impl Cli {
                 self.max_symbols
             ));
         }
+        if let Some(url) = &self.redis {
+            redis::Client::open(url.as_str())
+                .map_err(|e| format!("--redis {url:?}: {e} (expected redis://HOST:PORT[/DB])"))?;
+        }
         if matches!(&self.publish_token, Some(t) if t.is_empty()) {
             return Err("--publish-token must not be empty".into());
         }
@@ -248,6 +258,7 @@ impl Cli {
             }),
             seed: self.seed,
             publish_token: self.publish_token,
+            redis: self.redis,
             engine: self.engine,
         })
     }

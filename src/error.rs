@@ -51,11 +51,14 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     /// No such path.
     NotFound(String),
+    /// A cluster node cannot reach Redis, so it cannot publish now (503, with Retry-After).
+    Unavailable,
 }
 
 impl ApiError {
     /// The single place where errors become HTTP status codes. All are 4xx, except a transfer
-    /// coding the server does not implement (501, RFC 9112 §6.1).
+    /// coding the server does not implement (501, RFC 9112 §6.1) and a cluster node without its
+    /// Redis (503).
     pub fn status(&self) -> u16 {
         use ApiError::*;
         match self {
@@ -71,6 +74,7 @@ impl ApiError {
             BodyTooLarge { .. } => 413,
             SymbolLimit { .. } => 422,
             HeadersTooLarge { .. } => 431,
+            Unavailable => 503,
         }
     }
 }
@@ -123,6 +127,10 @@ impl fmt::Display for ApiError {
             ),
             MethodNotAllowed { allow } => write!(f, "method not allowed (allowed: {allow})"),
             NotFound(path) => write!(f, "not found: {path}"),
+            Unavailable => write!(
+                f,
+                "cannot publish now: this node has lost its Redis; retry shortly"
+            ),
         }
     }
 }
@@ -139,6 +147,7 @@ mod tests {
             ApiError::UnsupportedTransferCoding("gzip".into()).status(),
             501
         );
+        assert_eq!(ApiError::Unavailable.status(), 503);
         let all = [
             ApiError::BadRequest("x".into()),
             ApiError::HeadersTooLarge {

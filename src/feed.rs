@@ -2,8 +2,9 @@
 //!
 //! Each symbol's next change comes after an exponentially distributed gap (a Poisson process per
 //! symbol), so changes never arrive in step; each change is a small random walk step in cents.
-//! The feed runs on its own OS thread: it sleeps with `std::thread::sleep` (not a may worker),
-//! and waking waiters from a non-worker thread spreads them over all may workers.
+//! The feed runs on its own OS thread: it sleeps with `std::thread::sleep` (not a may worker).
+//! In a cluster exactly one feed runs: every node that starts with one publishes through Redis,
+//! but only while it holds the feed lease (`cluster`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -15,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::book::QuoteBook;
+use crate::cluster::Cluster;
 
 /// A plausible opening price for a symbol: between $10 and $500, in cents.
 pub fn opening_price(rng: &mut impl Rng) -> f64 {
@@ -47,6 +49,8 @@ pub fn next_price(rng: &mut impl Rng, price: f64) -> f64 {
 /// Moves `symbols` of `book` until `stop` is set. Holds no lock between ticks.
 pub struct Feed {
     pub book: Arc<QuoteBook>,
+    /// Set on a cluster node: publish through Redis, and only while holding the lease.
+    pub cluster: Option<Arc<Cluster>>,
     pub symbols: Vec<String>,
     pub mean_interval: Duration,
     pub rng: StdRng,
@@ -63,6 +67,7 @@ impl Feed {
     ) -> Feed {
         Feed {
             book,
+            cluster: None,
             symbols,
             mean_interval,
             rng: StdRng::seed_from_u64(seed),
@@ -99,10 +104,15 @@ impl Feed {
                 continue;
             }
             let symbol = &self.symbols[i];
-            if let Some(sym) = self.book.get(symbol) {
+            let leading = self.cluster.as_ref().is_none_or(|c| c.is_feed_leader());
+            if let Some(sym) = self.book.get(symbol).filter(|_| leading) {
                 let price = next_price(&mut self.rng, sym.quote().price);
-                if let Err(e) = self.book.publish(symbol, price) {
-                    log::warn!("feed could not publish {symbol}: {e}");
+                let published = match &self.cluster {
+                    Some(c) => c.publish(&[(symbol.clone(), price)]),
+                    None => self.book.publish(symbol, price),
+                };
+                if let Err(e) = published {
+                    log::debug!("feed could not publish {symbol}: {e}");
                 }
             }
             next.push(Reverse((

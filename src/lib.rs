@@ -6,6 +6,7 @@
 //! - [`table`]: the lock-free name -> symbol table.
 //! - [`waiter`]: one parked poll, and the sweeper thread that ends polls whose time is up.
 //! - [`feed`]: the built-in random quote feed.
+//! - [`cluster`]: the Redis link: nodes that share quotes and seqs through Redis (`--redis`).
 //! - [`routes`]: routing and request parsing, plain functions from request to reply.
 //! - [`http`]: the request/reply values and the connection layers (native, may_minihttp).
 //! - [`assets`]: the `public/` page, embedded in the binary.
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod assets;
 pub mod book;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod feed;

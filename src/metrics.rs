@@ -47,13 +47,22 @@ pub struct Metrics {
     pub snapshots: AtomicU64,
     /// Quotes carried by poll answers and stream events (one per quote per answer or event).
     pub delivered: AtomicU64,
-    /// Price changes applied (feed and HTTP publishes).
+    /// Price changes published through this server (its feed and HTTP publishes); on a cluster
+    /// node, those it sent to Redis (the ones it applied from Redis are `redis_changes`).
     pub published: AtomicU64,
     pub requests: AtomicU64,
     /// Requests answered with a 4xx.
     pub client_errors: AtomicU64,
     /// Number of symbols in the book (gauge).
     pub symbols: AtomicU64,
+    /// 1 while this cluster node is connected to its Redis (gauge; 0 without --redis).
+    pub redis_up: AtomicU64,
+    /// 1 while this node runs the random feed (gauge).
+    pub feed_leader: AtomicU64,
+    /// Redis connections lost and retried.
+    pub redis_reconnects: AtomicU64,
+    /// Changes applied from Redis (announced or loaded).
+    pub redis_changes: AtomicU64,
 }
 
 impl Metrics {
@@ -151,7 +160,7 @@ impl Metrics {
         one(
             "comet_quotes_published_total",
             "counter",
-            "Price changes applied.",
+            "Price changes published through this server (feed and HTTP).",
             g(&self.published),
         );
         one(
@@ -177,6 +186,30 @@ impl Metrics {
             "gauge",
             "Symbols in the quote book.",
             g(&self.symbols),
+        );
+        one(
+            "comet_redis_up",
+            "gauge",
+            "1 while this cluster node is connected to Redis (0 without --redis).",
+            g(&self.redis_up),
+        );
+        one(
+            "comet_feed_leader",
+            "gauge",
+            "1 while this node runs the random feed.",
+            g(&self.feed_leader),
+        );
+        one(
+            "comet_redis_reconnects_total",
+            "counter",
+            "Redis connections lost and retried.",
+            g(&self.redis_reconnects),
+        );
+        one(
+            "comet_redis_changes_total",
+            "counter",
+            "Changes applied from Redis.",
+            g(&self.redis_changes),
         );
         let _ = writeln!(
             out,

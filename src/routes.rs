@@ -51,6 +51,7 @@ pub fn error_reply(e: &ApiError) -> Reply {
     let reply = Reply::json(e.status(), body.to_string().into_bytes());
     match e {
         ApiError::MethodNotAllowed { allow } => reply.header("Allow", (*allow).to_string()),
+        ApiError::Unavailable => reply.header("Retry-After", "1".to_string()),
         _ => reply,
     }
 }
@@ -172,7 +173,11 @@ fn publish(app: &App, req: &Request) -> Result<Reply, ApiError> {
         req.peer,
     )?;
     let updates = parse_publish(&req.body)?;
-    let seq = app.book.publish_batch(&updates)?;
+    let seq = match &app.cluster {
+        // Through Redis: the change comes back to this node's book like every other node's.
+        Some(cluster) => cluster.publish(&updates)?,
+        None => app.book.publish_batch(&updates)?,
+    };
     Ok(Reply::json(
         200,
         serde_json::json!({ "seq": seq }).to_string().into_bytes(),

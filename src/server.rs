@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::app::App;
 use crate::book::QuoteBook;
+use crate::cluster::Cluster;
 use crate::config::{Config, Engine};
 use crate::feed::{opening_price, Feed};
 use crate::http::{minihttp, native};
@@ -32,6 +33,10 @@ pub fn configure_runtime(config: &Config) {
     // time to fan one change out to 10,000 polls (bench/README.md). So pinning is opt-in.
     may::config().set_worker_pin(config.pin_workers);
 }
+
+/// How long a cluster node waits for a cursor ahead of it (another node applied a change first)
+/// before taking it for one from elsewhere.
+const CLUSTER_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// A running server.
 pub struct Server {
@@ -56,25 +61,57 @@ impl Server {
     /// Build the book, start the threads, feed and listener. Call `configure_runtime` first.
     pub fn start(config: Config) -> io::Result<Server> {
         let metrics = Arc::new(Metrics::default());
-        let book = QuoteBook::new(config.max_symbols, config.workers, Arc::clone(&metrics));
         let seed = config.seed.unwrap_or_else(|| rand::thread_rng().gen());
         let mut rng = StdRng::seed_from_u64(seed);
-        for symbol in &config.symbols {
-            book.add_symbol(symbol, opening_price(&mut rng))
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        }
+        let opening: Vec<(String, f64)> = config
+            .symbols
+            .iter()
+            .map(|s| (s.clone(), opening_price(&mut rng)))
+            .collect();
+        let (book, cluster) = match &config.redis {
+            None => {
+                let book = QuoteBook::new(config.max_symbols, config.workers, Arc::clone(&metrics));
+                for (symbol, price) in &opening {
+                    book.add_symbol(symbol, *price)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                }
+                (book, None)
+            }
+            Some(url) => {
+                // Quotes and seqs come from Redis; this node's symbols are created there if new.
+                let book = QuoteBook::for_cluster(
+                    config.max_symbols,
+                    config.workers,
+                    CLUSTER_CATCH_UP,
+                    Arc::clone(&metrics),
+                );
+                let cluster = Cluster::start(
+                    url,
+                    Arc::clone(&book),
+                    Arc::clone(&metrics),
+                    config.max_symbols,
+                    opening,
+                    config.feed.is_some(),
+                )?;
+                (book, Some(cluster))
+            }
+        };
         book.start_threads()?;
 
         let feed_stop = Arc::new(AtomicBool::new(false));
         if let Some(feed) = &config.feed {
-            Feed::new(
+            if cluster.is_none() {
+                metrics.feed_leader.store(1, Ordering::Relaxed);
+            }
+            let mut feed = Feed::new(
                 Arc::clone(&book),
                 config.symbols.clone(),
                 feed.mean_interval,
                 rng.gen(),
                 Arc::clone(&feed_stop),
-            )
-            .spawn()?;
+            );
+            feed.cluster = cluster.clone();
+            feed.spawn()?;
         }
 
         let listener = bind(config.listen)?;
@@ -84,6 +121,7 @@ impl Server {
             config,
             book,
             metrics,
+            cluster,
         });
         match engine {
             Engine::Native => {
@@ -121,6 +159,9 @@ impl Server {
     /// grace, until the answers in flight are written. Returns true if they all were.
     pub fn shutdown(&self) -> bool {
         self.feed_stop.store(true, Ordering::Release);
+        if let Some(cluster) = &self.app.cluster {
+            cluster.shutdown();
+        }
         self.app.book.shutdown();
         let deadline = Instant::now() + self.app.config.shutdown_grace;
         loop {

@@ -192,13 +192,6 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
     // Answers are single small writes that must leave at once: no Nagle delay.
     let _ = stream.set_nodelay(true);
     keepalive(&stream);
-    // A client that stops reading its answer holds the coroutine at most this long.
-    if stream
-        .set_write_timeout(Some(app.config.idle_timeout))
-        .is_err()
-    {
-        return;
-    }
     let watch = Arc::new(IdleWatch {
         waker: stream.waker(),
         // At least 1 ms; the config caps the timeout at a day, far below u32::MAX ms.
@@ -238,7 +231,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                 watch.busy.store(true, Ordering::Release);
                 app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                 let head_only = req.method == "HEAD";
-                let mut conn = Conn::new(&mut stream);
+                let mut conn = Conn::new(&mut stream, &sweeper, app.config.write_timeout);
                 let go_on = match routes::handle(&app, req, &conn) {
                     Response::Reply(reply) => {
                         let sent = conn.send_reply(&reply, head_only, keep_alive);
@@ -247,10 +240,6 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                     Response::Stream(s) => {
                         let mut head = Vec::with_capacity(512);
                         protocol::stream_head(&date::now(), &mut head);
-                        // From here a write that makes no progress ends the stream as slow.
-                        let _ = conn
-                            .stream
-                            .set_write_timeout(Some(app.config.write_timeout));
                         stream::serve(&app, s, head, &mut conn);
                         false // the stream's body ends when the connection closes
                     }
@@ -274,11 +263,12 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                 log::debug!("bad request from {peer:?}: {e}");
                 let reply = routes::error_reply(&e);
                 app.metrics.count_request(reply.status);
-                let _ = Conn::new(&mut stream).send_reply(&reply, false, false);
+                let mut conn = Conn::new(&mut stream, &sweeper, app.config.write_timeout);
+                let _ = conn.send_reply(&reply, false, false);
                 // A client that is still sending (a body we refused) reads the answer only once
                 // it is done; one that trickles its head would only hold us up.
                 if e != ApiError::RequestTimeout {
-                    linger(&mut stream);
+                    conn.linger();
                 }
                 break;
             }
@@ -292,6 +282,72 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
 /// the socket failed.
 const GONE: usize = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usize;
 
+/// A time limit on one blocking socket operation (a write to a full socket, the lingering close),
+/// kept by the sweeper: at `due` it marks itself fired and wakes the coroutine parked in
+/// `wait_io`.
+///
+/// Why not may's own read and write timeouts: their timer lives in per-socket state that
+/// `WaitIoWaker::wakeup` also touches, and other threads call that (a change, the sweeper); a
+/// timeout firing on the socket's worker while another thread wakes the socket panicked a
+/// worker ("already borrowed", seen once under load). With no may timer on a client socket,
+/// the two cannot meet.
+struct Deadline {
+    due: Instant,
+    waker: WaitIoWaker,
+    fired: AtomicBool,
+    done: AtomicBool,
+}
+
+/// The owner's end of a [`Deadline`]: dropping it (the operation finished) lets the sweeper drop
+/// its entry without waking anyone.
+struct Armed(Arc<Deadline>);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Release);
+    }
+}
+
+impl Armed {
+    fn fired(&self) -> bool {
+        self.0.fired.load(Ordering::Acquire)
+    }
+}
+
+impl Deadline {
+    fn arm(stream: &TcpStream, sweeper: &Sweeper, within: Duration) -> Armed {
+        let d = Arc::new(Deadline {
+            due: Instant::now() + within.max(Duration::from_millis(1)),
+            waker: stream.waker(),
+            fired: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+        });
+        if !sweeper.add(d.due, Arc::clone(&d) as Arc<dyn Expire>) {
+            // Shutting down: no more time for slow clients.
+            d.fired.store(true, Ordering::Release);
+        }
+        Armed(d)
+    }
+}
+
+impl Expire for Deadline {
+    fn expire(&self, now: Instant, shutting_down: bool) -> Option<Instant> {
+        if self.done.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.due > now && !shutting_down {
+            return Some(self.due);
+        }
+        self.fired.store(true, Ordering::Release);
+        self.waker.wakeup();
+        None
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
 /// One request's view of its connection: the socket a held request parks on ([`Hold`]) and the
 /// stream writes to ([`StreamIo`]).
 ///
@@ -301,30 +357,53 @@ const GONE: usize = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usiz
 /// answer; `unread` tells the read loop to look for them.
 struct Conn<'a> {
     stream: &'a mut TcpStream,
+    sweeper: &'a Sweeper,
+    /// How long a write may make no progress before the client counts as too slow.
+    write_timeout: Duration,
     unread: Cell<bool>,
 }
 
 impl<'a> Conn<'a> {
-    fn new(stream: &'a mut TcpStream) -> Conn<'a> {
+    fn new(stream: &'a mut TcpStream, sweeper: &'a Sweeper, write_timeout: Duration) -> Conn<'a> {
         Conn {
             stream,
+            sweeper,
+            write_timeout,
             unread: Cell::new(false),
         }
     }
 
-    /// Write all of `bytes`. A plain non-blocking write first: may's own write would also clear
-    /// the socket's pending epoll events (a FIN that came in, a pipelined request), which a
-    /// held request must see. Only when the socket is full does it fall back to may's write,
-    /// which parks until the socket drains or the write timeout passes.
+    /// Wait for the socket's next epoll event (or a wake-up), noting bytes that came in.
+    fn wait(&self) -> usize {
+        let events = self.stream.wait_io();
+        if events & libc::EPOLLIN as usize != 0 {
+            self.unread.set(true);
+        }
+        events
+    }
+
+    /// Write all of `bytes`, straight to the non-blocking socket (may's own write would also
+    /// clear the socket's pending epoll events, which a held request must see). When the socket
+    /// is full, wait for it to drain; `ErrorKind::TimedOut` if it makes no progress for the
+    /// write timeout.
     fn send(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let mut deadline: Option<Armed> = None;
         while !bytes.is_empty() {
             match self.stream.inner().write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => bytes = &bytes[n..],
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    deadline = None; // progress: the clock starts again
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.unread.set(true);
-                    return self.stream.write_all(bytes);
+                    let d = deadline.get_or_insert_with(|| {
+                        Deadline::arm(self.stream, self.sweeper, self.write_timeout)
+                    });
+                    if d.fired() {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    self.wait();
                 }
                 Err(e) => return Err(e),
             }
@@ -342,6 +421,32 @@ impl<'a> Conn<'a> {
         }
         self.send(&out)
     }
+
+    /// After an error answer, read and discard what the client is still sending, for at most
+    /// `LINGER` and `LINGER_BYTES`, before closing. Closing with unread bytes makes the kernel
+    /// send a reset, which destroys the answer before a client that sends its whole body first
+    /// (Python's http.client, requests) reads it. nginx's lingering close does the same.
+    fn linger(&mut self) {
+        const LINGER: Duration = Duration::from_secs(5);
+        const LINGER_BYTES: usize = 64 << 20;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let deadline = Deadline::arm(self.stream, self.sweeper, LINGER);
+        // On the heap: a 16 KiB array here would deepen every connection coroutine's stack
+        // (pages a coroutine ever touches stay resident while its poll is held).
+        let mut sink = vec![0u8; 16 * 1024];
+        let mut left = LINGER_BYTES;
+        while left > 0 && !deadline.fired() {
+            match self.stream.inner().read(&mut sink) {
+                Ok(0) => break,
+                Ok(n) => left -= n.min(left),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 impl Hold for Conn<'_> {
@@ -350,12 +455,8 @@ impl Hold for Conn<'_> {
     }
 
     fn park(&self) -> Parked {
-        let events = self.stream.wait_io();
-        if events & GONE != 0 {
+        if self.wait() & GONE != 0 {
             return Parked::ClientGone;
-        }
-        if events & libc::EPOLLIN as usize != 0 {
-            self.unread.set(true);
         }
         Parked::Again
     }
@@ -364,33 +465,6 @@ impl Hold for Conn<'_> {
 impl StreamIo for Conn<'_> {
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         Conn::send(self, bytes)
-    }
-}
-
-/// After an error answer, read and discard what the client is still sending, for at most
-/// `LINGER` and `LINGER_BYTES`, before closing. Closing with unread bytes makes the kernel send a
-/// reset, which destroys the answer before a client that sends its whole body first (Python's
-/// http.client, requests) reads it. nginx's lingering close does the same.
-fn linger(stream: &mut TcpStream) {
-    const LINGER: Duration = Duration::from_secs(5);
-    const LINGER_BYTES: usize = 64 << 20;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let until = Instant::now() + LINGER;
-    // On the heap: a 16 KiB array here would deepen every connection coroutine's stack (pages a
-    // coroutine ever touches stay resident while its poll is held).
-    let mut sink = vec![0u8; 16 * 1024];
-    let mut left = LINGER_BYTES;
-    while left > 0 {
-        let time_left = until.saturating_duration_since(Instant::now());
-        // may waits in whole milliseconds; under 1 ms it would never fire.
-        if time_left < Duration::from_millis(1) {
-            break;
-        }
-        let _ = stream.set_read_timeout(Some(time_left));
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => left -= n.min(left),
-        }
     }
 }
 

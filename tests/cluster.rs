@@ -1,0 +1,408 @@
+//! Nodes that share one quote book through a real `redis-server` (`--redis`).
+//!
+//! Without `redis-server` installed each test prints `SKIPPED cluster test` and passes, unless
+//! `COMET_REQUIRE_REDIS=1` (as `.ci/run` sets).
+
+mod common;
+
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::sse::{prices, SseClient};
+use common::TestServer;
+use redis_server::{redis_available, RedisServer};
+
+const SYMBOLS: &str = "IBM,MSFT,AAPL";
+
+fn node(r: &RedisServer, extra: &[&str]) -> TestServer {
+    node_with(r, SYMBOLS, extra)
+}
+
+/// A node that brings `symbols` (created in Redis when nobody has them yet).
+fn node_with(r: &RedisServer, symbols: &str, extra: &[&str]) -> TestServer {
+    let url = r.url();
+    let mut args = vec!["--redis", url.as_str(), "--symbols", symbols];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+/// Publish on `s`, retrying a 503 (Redis away) for up to 20 s. The seq, once acknowledged.
+fn publish_acked(s: &TestServer, symbol: &str, price: f64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = serde_json::json!({ "symbol": symbol, "price": price }).to_string();
+        let r = s.post("/api/quotes", &body);
+        match r.status {
+            200 => return r.json()["seq"].as_u64().expect("seq"),
+            503 => {
+                assert_eq!(r.header("retry-after"), Some("1"));
+                assert!(Instant::now() < deadline, "Redis never came back");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => panic!("publish answered {other}: {}", r.text()),
+        }
+    }
+}
+
+/// Wait (bounded) until `s` shows `symbol` at `price`.
+fn wait_price(s: &TestServer, symbol: &str, price: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.get(&format!("/api/quotes?symbols={symbol}"));
+        if r.status == 200 && r.prices() == [(symbol.to_string(), price)] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{symbol} never reached {price} on {}: {}",
+            s.addr,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_poll_and_a_stream_on_one_node_are_woken_by_a_publish_on_another() {
+    if !redis_available("a_poll_and_a_stream_on_one_node_are_woken_by_a_publish_on_another") {
+        return;
+    }
+    let r = RedisServer::start();
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    assert_eq!(b.metric("comet_redis_up"), 1);
+    let cursor = b.cursor("IBM");
+    let mut poll = b.send_poll(&format!("symbols=IBM&cursor={cursor}"));
+    let mut stream = SseClient::open(b.addr, &format!("symbols=IBM&cursor={cursor}"), &[]);
+    b.wait_for_metric("comet_polls_waiting", 1);
+    b.wait_for_metric("comet_streams_waiting", 1);
+    let seq = publish_acked(&a, "IBM", 77.5);
+    let answer = poll.read_response().unwrap();
+    assert_eq!(answer.prices(), [("IBM".to_string(), 77.5)]);
+    assert_eq!(answer.json()["cursor"].as_u64(), Some(seq));
+    let (id, data) = stream.next_event();
+    assert_eq!(id, seq);
+    assert_eq!(prices(&data), [("IBM".to_string(), 77.5)]);
+}
+
+#[test]
+fn a_client_hopping_nodes_at_every_poll_gets_every_latest_price_once_and_in_order() {
+    if !redis_available(
+        "a_client_hopping_nodes_at_every_poll_gets_every_latest_price_once_and_in_order",
+    ) {
+        return;
+    }
+    let r = RedisServer::start();
+    let nodes: Arc<Vec<TestServer>> = Arc::new((0..3).map(|_| node(&r, &[])).collect());
+    let symbols = ["IBM", "MSFT", "AAPL"];
+    const ROUNDS: u32 = 60;
+    let done = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (nodes, done) = (Arc::clone(&nodes), Arc::clone(&done));
+        std::thread::spawn(move || {
+            // Every symbol climbs 1, 2, 3 ...: a client that sees a price go down saw it out of
+            // order, one that sees a price twice got it repeated.
+            for round in 1..=ROUNDS {
+                for (i, sym) in symbols.iter().enumerate() {
+                    let n = &nodes[(round as usize + i) % nodes.len()];
+                    publish_acked(n, sym, f64::from(round));
+                }
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    let mut cursor = nodes[0].cursor(SYMBOLS);
+    let mut last: HashMap<String, f64> = HashMap::new();
+    let mut seen_seqs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut hop = 0;
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let n = &nodes[hop % nodes.len()];
+        hop += 1;
+        let a = n.get(&format!(
+            "/api/poll?symbols={SYMBOLS}&cursor={cursor}&timeout=0.2"
+        ));
+        assert_eq!(a.status, 200, "{}", a.text());
+        let body = a.json();
+        let next = body["cursor"].as_u64().unwrap();
+        assert!(next >= cursor, "cursor went back on {}", n.addr);
+        cursor = next;
+        for q in body["quotes"].as_array().unwrap() {
+            let (sym, price, seq) = (
+                q["symbol"].as_str().unwrap().to_string(),
+                q["price"].as_f64().unwrap(),
+                q["seq"].as_u64().unwrap(),
+            );
+            if let Some(&before) = last.get(&sym) {
+                assert!(price > before, "{sym}: {price} after {before}");
+            }
+            seen_seqs.push(seq);
+            last.insert(sym, price);
+        }
+        let all_final = symbols
+            .iter()
+            .all(|s| last.get(*s) == Some(&f64::from(ROUNDS)));
+        if finished && all_final {
+            break;
+        }
+        assert!(Instant::now() < deadline, "client stuck at {last:?}");
+    }
+    publisher.join().unwrap();
+    let mut unique = seen_seqs.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), seen_seqs.len(), "a quote was delivered twice");
+    eprintln!("{} polls over 3 nodes, {} quotes", hop, seen_seqs.len());
+}
+
+/// Publishes climbing prices on `s` until `stop`, recording the last acknowledged one per symbol.
+fn climbing_publisher(
+    s: Arc<TestServer>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashMap<String, f64>>>,
+) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let mut n = 0u32;
+        while !stop.load(Ordering::Acquire) {
+            n += 1;
+            let sym = ["IBM", "MSFT", "AAPL"][n as usize % 3];
+            let price = f64::from(n);
+            let body = serde_json::json!({ "symbol": sym, "price": price }).to_string();
+            let r = s.post("/api/quotes", &body);
+            match r.status {
+                200 => {
+                    acked.lock().unwrap().insert(sym.to_string(), price);
+                }
+                503 => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("publish answered {other}: {}", r.text()),
+            }
+        }
+        n
+    })
+}
+
+#[test]
+fn redis_killed_and_restarted_empty_mid_run_loses_no_acknowledged_publish() {
+    if !redis_available("redis_killed_and_restarted_empty_mid_run_loses_no_acknowledged_publish") {
+        return;
+    }
+    let mut r = RedisServer::start();
+    let a = Arc::new(node(&r, &[]));
+    let b = node(&r, &[]);
+    let cursor = b.cursor(SYMBOLS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let publisher = climbing_publisher(Arc::clone(&a), Arc::clone(&stop), Arc::clone(&acked));
+    while acked.lock().unwrap().len() < 3 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    r.kill9();
+    // While Redis is away: both nodes keep serving the last quotes they know.
+    b.wait_for_metric("comet_redis_up", 0);
+    assert_eq!(b.get(&format!("/api/quotes?symbols={SYMBOLS}")).status, 200);
+    let held = b.send_poll(&format!("symbols={SYMBOLS}&cursor={cursor}&timeout=30"));
+    drop(held);
+    r.forget_dump();
+    r.restart();
+    a.wait_for_metric("comet_redis_up", 1);
+    b.wait_for_metric("comet_redis_up", 1);
+    // Publishing resumes; then stop and check that the last acknowledged price of every symbol
+    // is what every node, and Redis, ends with.
+    let resumed = acked.lock().unwrap().clone();
+    while *acked.lock().unwrap() == resumed {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Release);
+    let n = publisher.join().unwrap();
+    let last = acked.lock().unwrap().clone();
+    for (sym, price) in &last {
+        wait_price(&a, sym, *price);
+        wait_price(&b, sym, *price);
+    }
+    // A node started now learns every symbol from Redis alone.
+    let late = node_with(&r, "ZZZ", &[]);
+    for (sym, price) in &last {
+        wait_price(&late, sym, *price);
+    }
+    // And a poll with the cursor from before the loss gets the latest prices, nothing older.
+    let since = b.get(&format!(
+        "/api/poll?symbols={SYMBOLS}&cursor={cursor}&timeout=1"
+    ));
+    let mut got = since.prices();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut want: Vec<(String, f64)> = last.into_iter().collect();
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(got, want);
+    eprintln!("{n} publishes tried across the Redis restart");
+}
+
+#[test]
+fn redis_restored_from_an_older_dump_hands_out_no_seq_below_one_already_seen() {
+    if !redis_available("redis_restored_from_an_older_dump_hands_out_no_seq_below_one_already_seen")
+    {
+        return;
+    }
+    let mut r = RedisServer::start();
+    let a = node(&r, &[]);
+    publish_acked(&a, "IBM", 1.0);
+    r.save(); // the older dump: IBM at 1
+    let mut top = 0;
+    for p in 2..=20 {
+        top = publish_acked(&a, "IBM", f64::from(p));
+    }
+    publish_acked(&a, "MSFT", 555.0);
+    let cursor = a.cursor(SYMBOLS);
+    r.kill9();
+    r.restart(); // back from the dump, IBM at 1 and an older seq counter
+    a.wait_for_metric("comet_redis_up", 1);
+    wait_price(&a, "IBM", 20.0);
+    let seq = publish_acked(&a, "AAPL", 9.0);
+    assert!(
+        seq > top && seq > cursor,
+        "seq {seq} not above {top} / {cursor}"
+    );
+    let b = node(&r, &[]);
+    wait_price(&b, "IBM", 20.0);
+    wait_price(&b, "MSFT", 555.0);
+    wait_price(&b, "AAPL", 9.0);
+}
+
+#[test]
+fn a_node_started_late_sees_every_symbol_at_its_latest_price() {
+    if !redis_available("a_node_started_late_sees_every_symbol_at_its_latest_price") {
+        return;
+    }
+    let r = RedisServer::start();
+    let a = node(&r, &[]);
+    publish_acked(&a, "IBM", 10.0);
+    publish_acked(&a, "NEWCO", 3.5); // created by a publish, on no node's command line
+    let late = node_with(&r, "ORCL", &[]);
+    let names = late.get("/api/symbols").json()["symbols"].clone();
+    for sym in ["IBM", "MSFT", "AAPL", "NEWCO", "ORCL"] {
+        assert!(
+            names.as_array().unwrap().iter().any(|n| n == sym),
+            "{sym} not in {names}"
+        );
+    }
+    wait_price(&late, "IBM", 10.0);
+    wait_price(&late, "NEWCO", 3.5);
+    // ORCL, new with the late node, reached the first node too.
+    let orcl = late.get("/api/quotes?symbols=ORCL").prices()[0].1;
+    wait_price(&a, "ORCL", orcl);
+}
+
+#[test]
+fn the_feed_runs_on_exactly_one_node_and_moves_when_that_node_dies() {
+    if !redis_available("the_feed_runs_on_exactly_one_node_and_moves_when_that_node_dies") {
+        return;
+    }
+    let r = RedisServer::start();
+    let url = r.url();
+    let start = || {
+        TestServer::start_raw(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            &url,
+            "--symbols",
+            SYMBOLS,
+            "--feed-interval",
+            "0.05",
+        ])
+    };
+    let mut nodes: Vec<TestServer> = (0..3).map(|_| start()).collect();
+    let leaders = |nodes: &[TestServer]| -> Vec<usize> {
+        (0..nodes.len())
+            .filter(|&i| nodes[i].metric("comet_feed_leader") == 1)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let l = leaders(&nodes);
+        assert!(l.len() <= 1, "two feeds at once: {l:?}");
+        if l.len() == 1 {
+            break l[0];
+        }
+        assert!(Instant::now() < deadline, "no node took the feed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Only the leader's feed publishes: the others' stay idle.
+    let published = |n: &TestServer| n.metric("comet_quotes_published_total");
+    let before: Vec<u64> = nodes.iter().map(published).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, n) in nodes.iter().enumerate() {
+        let moved = published(n) - before[i];
+        if i == leader {
+            assert!(moved > 0, "the leader's feed did not publish");
+        } else {
+            assert_eq!(moved, 0, "node {i} published without the lease");
+        }
+    }
+    let dead = nodes.remove(leader);
+    drop(dead); // SIGKILL: no chance to give the lease up
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(15);
+    loop {
+        let l = leaders(&nodes);
+        assert!(l.len() <= 1, "two feeds at once: {l:?}");
+        if l.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nobody took the feed over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = killed.elapsed();
+    eprintln!("feed taken over {took:?} after its node died");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // And prices keep moving everywhere.
+    let ibm = |n: &TestServer| n.get("/api/quotes?symbols=IBM").json()["quotes"][0]["seq"].clone();
+    let was = ibm(&nodes[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ibm(&nodes[0]) == was {
+        assert!(
+            Instant::now() < deadline,
+            "no price moved after the takeover"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Why seqs are not a plain `INCR` counter: after Redis loses its data the counter starts over,
+/// and every change numbered below a client's cursor is one that client never gets.
+#[test]
+fn a_plain_incr_counter_would_lose_updates_after_redis_loses_its_data() {
+    if !redis_available("a_plain_incr_counter_would_lose_updates_after_redis_loses_its_data") {
+        return;
+    }
+    let mut r = RedisServer::start();
+    let incr = |r: &RedisServer| -> u64 {
+        let mut c = r.connection().unwrap();
+        redis::cmd("INCR").arg("plain:seq").query(&mut c).unwrap()
+    };
+    let mut cursor = 0;
+    for _ in 0..100 {
+        cursor = incr(&r);
+    }
+    r.kill9();
+    r.restart();
+    let after = incr(&r);
+    // The next change gets a number the client has already passed: a poll with its cursor
+    // (seq > cursor) never returns it.
+    assert!(after <= cursor, "{after} > {cursor}");
+    // The node's rule on the same data loss: the next seq is above the client's cursor.
+    let mut r2 = RedisServer::start();
+    let a = node(&r2, &[]);
+    let mut cursor = 0;
+    for i in 0..100 {
+        cursor = publish_acked(&a, "IBM", f64::from(i));
+    }
+    r2.kill9();
+    r2.restart();
+    a.wait_for_metric("comet_redis_up", 1);
+    assert!(publish_acked(&a, "MSFT", 1.0) > cursor);
+}
