@@ -197,10 +197,23 @@ fn backoff(failures: u32) -> Duration {
 }
 
 fn connect(client: &redis::Client) -> RedisResult<Connection> {
-    let con = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    let mut con = client.get_connection_with_timeout(IO_TIMEOUT)?;
     con.set_read_timeout(Some(IO_TIMEOUT))?;
     con.set_write_timeout(Some(IO_TIMEOUT))?;
+    // Publishes run the script by its hash (EVALSHA): Redis need not hash ~1 KB per publish.
+    // A Redis that restarted has lost it, but this connection is new then too.
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(PUBLISH)
+        .query(&mut con)?;
     Ok(con)
+}
+
+/// The SHA-1 Redis knows the publish script by.
+fn publish_sha() -> &'static str {
+    static SHA: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| redis::Script::new(PUBLISH).get_hash().to_string());
+    &SHA
 }
 
 /// A price as Redis stores it: Rust's shortest text that reads back to the same f64.
@@ -584,8 +597,15 @@ impl Cluster {
         }
         match pipe.query::<Vec<redis::Value>>(con) {
             Ok(values) => {
+                let noscript = values
+                    .iter()
+                    .any(|v| matches!(v, redis::Value::ServerError(e) if e.code() == "NOSCRIPT"));
                 for (p, v) in batch.into_iter().zip(values) {
                     let _ = p.reply.send(self.publish_answer(v));
+                }
+                // Redis forgot the script (SCRIPT FLUSH): a new connection loads it again.
+                if noscript {
+                    return Err(Vec::new());
                 }
                 Ok(())
             }
@@ -604,8 +624,8 @@ impl Cluster {
     }
 
     fn publish_cmd(&self, updates: &[(String, f64)]) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUBLISH)
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(publish_sha())
             .arg(2)
             .arg(SEQ_KEY)
             .arg(QUOTES_KEY)
@@ -635,6 +655,7 @@ impl Cluster {
             redis::Value::ServerError(e) if e.code() == "LIMIT" => Err(ApiError::SymbolLimit {
                 max: self.max_symbols,
             }),
+            // NOSCRIPT (the script cache was flushed) or anything else: 503, the client retries.
             other => {
                 log::warn!("unexpected answer from the publish script: {other:?}");
                 Err(ApiError::Unavailable)

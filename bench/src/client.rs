@@ -18,15 +18,24 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One server (a cluster node) the subscribers talk to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub base: String,
+}
+
 /// What a worker process is asked to do (first stdin line).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChildSpec {
     pub child: usize,
     pub kind: Kind,
     pub transport: Transport,
-    pub addr: SocketAddr,
-    pub host: String,
-    pub base: String,
+    /// The servers subscribers talk to: subscriber i to node i % n, or with `hop` each poll to
+    /// the next node.
+    pub nodes: Vec<Node>,
+    pub hop: bool,
     /// Global index of this worker's first subscriber and how many it runs.
     pub first_sub: usize,
     pub n_subs: usize,
@@ -256,6 +265,7 @@ fn connect_sub(
     sh: &Shared,
     sub: &Sub,
     global: usize,
+    node: &Node,
     failures: &mut u32,
 ) -> Option<may::net::TcpStream> {
     let src = plan::source_ip(global, sh.spec.src_ips);
@@ -264,7 +274,7 @@ fn connect_sub(
             return None;
         }
         sh.connect_sem.wait();
-        let r = connect_from(src, sh.spec.addr, Duration::from_secs(5));
+        let r = connect_from(src, node.addr, Duration::from_secs(5));
         sh.connect_sem.post();
         match r {
             Ok(s) => {
@@ -320,22 +330,24 @@ fn stream_subscriber(sh: Arc<Shared>, local: usize) {
         .map(|&s| spec.symbols[s as usize].as_str())
         .collect();
     let sym_csv = sym_csv.join(",");
+    // A stream stays on one node: subscriber i on node i % n.
+    let node = &spec.nodes[global % spec.nodes.len()];
     let path = match spec.kind {
         // No cursor: the first event is a snapshot of prices from before the run (foreign, not
         // counted); every later one is a delivery.
-        Kind::Ours => format!("{}/api/stream?symbols={sym_csv}", spec.base),
-        Kind::Nchan => format!("{}/sub/{sym_csv}", spec.base),
+        Kind::Ours => format!("{}/api/stream?symbols={sym_csv}", node.base),
+        Kind::Nchan => format!("{}/sub/{sym_csv}", node.base),
     };
     let mut last_id: Option<String> = None;
     let mut failures = 0u32;
     let (mut raw, mut body, mut events) = (Vec::with_capacity(2048), Vec::new(), Vec::new());
     while !sh.stop.load(Ordering::Relaxed) && !sh.deadline_passed() {
-        let Some(mut stream) = connect_sub(&sh, sub, global, &mut failures) else {
+        let Some(mut stream) = connect_sub(&sh, sub, global, node, &mut failures) else {
             return;
         };
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
-            spec.host
+            node.host
         );
         if let Some(id) = &last_id {
             req.push_str(&format!("Last-Event-ID: {id}\r\n"));
@@ -446,15 +458,26 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
     let mut cursor: Option<u64> = None;
     let mut last_modified: Option<String> = None;
     let mut etag: Option<String> = None;
-    let mut conn: Option<may::net::TcpStream> = None;
+    // One keep-alive connection per node this subscriber talks to.
+    let n_nodes = spec.nodes.len();
+    let mut conns: Vec<Option<may::net::TcpStream>> = (0..n_nodes).map(|_| None).collect();
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut connect_failures = 0u32;
     let mut req = String::with_capacity(256);
+    let mut polls = 0usize;
 
     while !sh.stop.load(Ordering::Relaxed) && !sh.deadline_passed() {
+        let at = if spec.hop {
+            (global + polls) % n_nodes
+        } else {
+            global % n_nodes
+        };
+        polls += 1;
+        let node = &spec.nodes[at];
+        let conn = &mut conns[at];
         let stream = match conn.as_mut() {
             Some(s) => s,
-            None => match connect_sub(&sh, sub, global, &mut connect_failures) {
+            None => match connect_sub(&sh, sub, global, node, &mut connect_failures) {
                 Some(s) => {
                     buf.clear();
                     conn.insert(s)
@@ -466,19 +489,19 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
         req.clear();
         match spec.kind {
             Kind::Ours => {
-                req.push_str(&format!("GET {}/api/poll?symbols={sym_csv}", spec.base));
+                req.push_str(&format!("GET {}/api/poll?symbols={sym_csv}", node.base));
                 if let Some(c) = cursor {
                     req.push_str(&format!("&cursor={c}"));
                 }
                 req.push_str(&format!(
                     "&timeout={} HTTP/1.1\r\nHost: {}\r\n\r\n",
-                    spec.poll_timeout_s, spec.host
+                    spec.poll_timeout_s, node.host
                 ));
             }
             Kind::Nchan => {
                 req.push_str(&format!(
                     "GET {}/sub/{sym_csv} HTTP/1.1\r\nHost: {}\r\n",
-                    spec.base, spec.host
+                    node.base, node.host
                 ));
                 if let (Some(lm), Some(et)) = (&last_modified, &etag) {
                     req.push_str(&format!(
@@ -489,7 +512,7 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
             }
         }
         if let Err(_e) = io::Write::write_all(stream, req.as_bytes()) {
-            conn = None;
+            *conn = None;
             sh.c.reconnects.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -501,7 +524,7 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
         let resp = match http::read_response(stream, &mut buf, false) {
             Ok(r) => r,
             Err(_) => {
-                conn = None;
+                *conn = None;
                 sh.c.reconnects.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -546,7 +569,7 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
             }
         }
         if resp.close {
-            conn = None;
+            *conn = None;
         }
     }
 }

@@ -113,6 +113,14 @@ pub fn server_waiting(kind: Kind, transport: Transport, target: &Target) -> Opti
     }
 }
 
+/// The waiting subscribers of several servers (cluster nodes), summed; None if any does not tell.
+pub fn servers_waiting(kind: Kind, transport: Transport, targets: &[Target]) -> Option<u64> {
+    targets
+        .iter()
+        .map(|t| server_waiting(kind, transport, t))
+        .sum()
+}
+
 /// Builds the publish request for index `idx`; `send_us` goes into Nchan's message as its `ts`
 /// (comet-quotes stamps its own `ts` at the change).
 pub fn publish_request(
@@ -160,6 +168,8 @@ pub struct PubOutcome {
 pub struct PubPlan {
     pub kind: Kind,
     pub transport: Transport,
+    /// The servers whose waiting subscribers a fan-out round waits for.
+    pub waiting_on: Vec<Target>,
     pub target: Target,
     pub symbols: Vec<String>,
     /// Symbol of each publish.
@@ -420,13 +430,13 @@ pub fn run_fanout(
         }
         thread::sleep(gap);
         let t = Instant::now();
-        let mut seen = server_waiting(plan.kind, plan.transport, &plan.target);
+        let mut seen = servers_waiting(plan.kind, plan.transport, &plan.waiting_on);
         while seen.is_some_and(|w| w < want_waiting)
             && t.elapsed() < wait_max
             && Instant::now() < stop_at
         {
             thread::sleep(Duration::from_millis(20));
-            seen = server_waiting(plan.kind, plan.transport, &plan.target);
+            seen = servers_waiting(plan.kind, plan.transport, &plan.waiting_on);
         }
         waiting_seen.push(seen);
         let sym = &plan.symbols[plan.pub_syms[idx] as usize];

@@ -6,7 +6,7 @@
 //! Nchan side by side.
 
 use clap::Parser;
-use comet_bench::client::{self, ChildResult, ChildSpec, StopInfo};
+use comet_bench::client::{self, ChildResult, ChildSpec, Node, StopInfo};
 use comet_bench::hist::Histogram;
 use comet_bench::http::{self, Target};
 use comet_bench::plan::{self, Kind, Transport};
@@ -36,6 +36,14 @@ struct Cli {
     /// Base URL (127.0.0.0/8 only). Default http://127.0.0.1:8090 (ours) or :8091 (nchan).
     #[arg(long)]
     url: Option<String>,
+    /// Cluster nodes the subscribers talk to (comma separated, 127.0.0.0/8), instead of --url:
+    /// subscriber i on node i % n (the publisher stays on --url). Waiting counts are summed.
+    #[arg(long, value_delimiter = ',')]
+    sub_urls: Vec<String>,
+    /// With --sub-urls: every poll of a subscriber goes to the next node (its cursor from one
+    /// node, its next poll on another).
+    #[arg(long)]
+    hop: bool,
     /// C: concurrent long-poll subscribers.
     #[arg(short = 'c', long = "conns", default_value_t = 1000)]
     conns: usize,
@@ -280,13 +288,13 @@ fn mb(kb: u64) -> f64 {
 fn wait_server_waiting(
     kind: Kind,
     transport: Transport,
-    target: &Target,
+    targets: &[Target],
     want: u64,
     max: Duration,
 ) -> Option<u64> {
     let t = Instant::now();
     loop {
-        let seen = publish::server_waiting(kind, transport, target);
+        let seen = publish::servers_waiting(kind, transport, targets);
         match seen {
             Some(w) if w < want && t.elapsed() < max => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -335,6 +343,22 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
     };
     let url = cli.url.clone().unwrap_or_else(|| default_url.to_string());
     let target = http::parse_loopback_url(&url)?;
+    let sub_targets: Vec<Target> = if cli.sub_urls.is_empty() {
+        vec![target.clone()]
+    } else {
+        cli.sub_urls
+            .iter()
+            .map(|u| http::parse_loopback_url(u))
+            .collect::<Result<_, _>>()?
+    };
+    let nodes: Vec<Node> = sub_targets
+        .iter()
+        .map(|t| Node {
+            addr: t.addr,
+            host: t.host.clone(),
+            base: t.base.clone(),
+        })
+        .collect();
     let mode = if cli.fanout {
         Mode::Fanout
     } else if cli.hold {
@@ -430,9 +454,8 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
             child: i,
             kind,
             transport: cli.transport,
-            addr: target.addr,
-            host: target.host.clone(),
-            base: target.base.clone(),
+            nodes: nodes.clone(),
+            hop: cli.hop,
             first_sub: first,
             n_subs: n,
             symbols: symbols.clone(),
@@ -486,7 +509,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
     let waiting_seen = wait_server_waiting(
         kind,
         cli.transport,
-        &target,
+        &sub_targets,
         connected as u64,
         settle_budget,
     );
@@ -518,6 +541,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
     let pub_plan = PubPlan {
         kind,
         transport: cli.transport,
+        waiting_on: sub_targets.clone(),
         target: target.clone(),
         symbols: symbols.clone(),
         pub_syms: pub_syms.clone(),
@@ -544,7 +568,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
             let until = (Instant::now() + Duration::from_secs_f64(cli.hold_secs)).min(stop_at);
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             let held = sampler.mark();
-            let waiting_now = publish::server_waiting(kind, cli.transport, &target);
+            let waiting_now = publish::servers_waiting(kind, cli.transport, &sub_targets);
             let per_conn_kb = match (before, held) {
                 (Some((_, b)), Some((_, h))) if connected > 0 => Some(
                     ((h.rss_kb as f64 - b.rss_kb as f64) / connected as f64 * 100.0).round()
@@ -789,6 +813,8 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
         "fanout_rounds": if mode == Mode::Fanout { Some(n_planned) } else { None },
         "server_workers": cli.server_workers,
         "transport": cli.transport.name(),
+        "sub_urls": cli.sub_urls,
+        "hop": cli.hop,
         "hold_secs": if mode == Mode::Hold { Some(cli.hold_secs) } else { None },
         "seed": seed,
         "workers": n_children,

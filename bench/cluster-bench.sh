@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The cluster benchmarks (issue "Grow past one process"), every run recorded in bench/results:
+#   cw1-1node   W1 (C=1000, U=200/s, 20 s) against one node alone (no Redis)
+#   cw1-3nodes  W1 across 3 nodes sharing one Redis: subscribers spread over the nodes and hopping
+#               to the next node at every poll, the publisher on node 1
+#   chold-5nodes / cfan-5nodes
+#               HOLD_C (95,000) polls held across 5 nodes (19,000 each, under the open-file
+#               limit), then one change fanned out to all of them (3 rounds)
+# Redis's CPU per publish is taken over the cw1-3nodes run.
+#
+# Usage: bench/cluster-bench.sh      Env: GROUP, RESULTS, SKIP_BUILD=1, HOLD_C, QUICK=1 (small)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+GROUP="${GROUP:-cluster-$(date -u +%Y%m%dT%H%M%SZ)}"
+RESULTS="${RESULTS:-$ROOT/bench/results/runs.jsonl}"
+RUN_DIR="$(mktemp -d /tmp/comet-cluster-bench.XXXXXX)"
+REDIS_PORT=6390
+BASE_PORT=8200
+SYMBOLS="$(seq -s, -f 'S%g' 0 49)"
+if [ "${QUICK:-0}" = 1 ]; then W1="-c 100 -u 50 -d 5"; HOLD_C="${HOLD_C:-2000}"; else W1="-c 1000 -u 200 -d 20"; HOLD_C="${HOLD_C:-95000}"; fi
+
+ulimit -n "$(ulimit -Hn)"
+command -v redis-server >/dev/null || { echo "apt-get install redis-server" >&2; exit 1; }
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p comet-quotes -p comet-bench
+log() { echo "[cluster-bench $(date +%H:%M:%S)] $*" >&2; }
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; PIDS=(); }
+trap cleanup EXIT
+
+wait_line() {
+  for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+
+REDIS_PID=""
+start_redis() {
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN_DIR" \
+    > "$RUN_DIR/redis.log" 2>&1 &
+  REDIS_PID=$!; PIDS+=("$REDIS_PID")
+  wait_line "$RUN_DIR/redis.log" "Ready to accept connections"
+}
+
+# start_nodes N [extra args]: N nodes on BASE_PORT+1.. ; sets NODE_URLS and NODE_PIDS (comma lists)
+start_nodes() {
+  local n=$1; shift
+  NODE_URLS=""; NODE_PIDS=""
+  for i in $(seq 1 "$n"); do
+    "$BIN/comet-quotes" --listen "127.0.0.1:$((BASE_PORT + i))" --no-feed --symbols "$SYMBOLS" "$@" \
+      > "$RUN_DIR/node$i.log" 2>&1 &
+    PIDS+=($!)
+    NODE_URLS+="${NODE_URLS:+,}http://127.0.0.1:$((BASE_PORT + i))"
+    NODE_PIDS+="${NODE_PIDS:+,}$!"
+  done
+  for i in $(seq 1 "$n"); do wait_line "$RUN_DIR/node$i.log" "comet-quotes listening on"; done
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+lat() {
+  local label=$1; shift
+  log "latency $label: $*"
+  timeout 900 "$BIN/latency" --target ours --group "$GROUP" --label "$label" --results "$RESULTS" \
+    -s 50 -k 5 "$@" 2>&1 | tee "$RUN_DIR/$label.out"
+}
+
+# -- W1, one node alone
+start_nodes 1
+lat cw1-1node --url "http://127.0.0.1:$((BASE_PORT + 1))" --server-pid "$NODE_PIDS" $W1
+cleanup
+
+# -- W1 across 3 nodes, hopping
+start_redis
+start_nodes 3 --redis "redis://127.0.0.1:$REDIS_PORT"
+r0=$(cpu_ticks "$REDIS_PID")
+lat cw1-3nodes --url "http://127.0.0.1:$((BASE_PORT + 1))" --sub-urls "$NODE_URLS" --hop --server-pid "$NODE_PIDS" $W1
+r1=$(cpu_ticks "$REDIS_PID")
+sent=$(sed -n 's/^  publishes sent \/ planned *\([0-9]*\) .*/\1/p' "$RUN_DIR/cw1-3nodes.out" | head -1)
+hz=$(getconf CLK_TCK)
+echo "redis CPU over cw1-3nodes: $(( (r1 - r0) * 1000 / hz )) ms for ${sent:-?} publishes" | tee "$RUN_DIR/redis-cpu.txt"
+if [ -n "${sent:-}" ] && [ "$sent" -gt 0 ]; then
+  awk -v t=$((r1 - r0)) -v hz="$hz" -v n="$sent" 'BEGIN { printf "redis CPU per publish: %.1f us\n", t / hz * 1e6 / n }' | tee -a "$RUN_DIR/redis-cpu.txt"
+fi
+cleanup
+
+# -- HOLD_C held across 5 nodes, then one change fanned out to all
+start_redis
+start_nodes 5 --redis "redis://127.0.0.1:$REDIS_PORT"
+lat chold-5nodes --url "http://127.0.0.1:$((BASE_PORT + 1))" --sub-urls "$NODE_URLS" --server-pid "$NODE_PIDS" \
+  --hold -c "$HOLD_C" --deadline 300
+cleanup
+start_redis
+start_nodes 5 --redis "redis://127.0.0.1:$REDIS_PORT"
+lat cfan-5nodes --url "http://127.0.0.1:$((BASE_PORT + 1))" --sub-urls "$NODE_URLS" --server-pid "$NODE_PIDS" \
+  --fanout --fanout-rounds 3 --fanout-gap 1 -c "$HOLD_C" --deadline 300
+cleanup
+
+"$BIN/latency" --report "$GROUP" --results "$RESULTS" | tee "$RUN_DIR/report.txt"
+cat "$RUN_DIR/redis-cpu.txt"
+log "done; logs in $RUN_DIR"
