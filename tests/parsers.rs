@@ -1,0 +1,203 @@
+//! Property tests of the parsers that face the network: the request head, the query string, the
+//! chunked decoder and the publish body. Arbitrary bytes never panic and always yield a valid
+//! parse or a client error; valid inputs round-trip. Each property runs a bounded number of cases.
+
+use comet_quotes::error::ApiError;
+use comet_quotes::http::protocol::{decode_chunked, parse_head, BodyLength};
+use comet_quotes::routes::{parse_publish, Query};
+use proptest::prelude::*;
+
+fn cases() -> ProptestConfig {
+    ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Every refusal is a client error, or 501 for a transfer coding the server cannot undo.
+fn refused_properly(e: &ApiError) -> bool {
+    (400..500).contains(&e.status()) || e.status() == 501
+}
+
+/// Bytes that look like HTTP some of the time: printable runs, CRLFs, colons and noise.
+fn http_ish() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => prop::sample::select(b"GET POST HEAD / ? = & : , \r\n HTTP/1.1 Host".to_vec()),
+            2 => any::<u8>(),
+            1 => Just(b'\r'),
+            1 => Just(b'\n'),
+        ],
+        0..400,
+    )
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_head_parser(bytes in prop_oneof![http_ish(), prop::collection::vec(any::<u8>(), 0..600)]) {
+        match parse_head(&bytes, None, 1024) {
+            Ok(Some(head)) => prop_assert!(head.head_len <= bytes.len()),
+            Ok(None) => {}
+            Err(e) => prop_assert!(refused_properly(&e), "{e:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_heads_round_trip(
+        method in prop::sample::select(vec!["GET", "HEAD", "POST", "DELETE"]),
+        path in "(/[a-z0-9._-]{0,12}){1,4}",
+        query in prop::collection::vec(("[a-z]{1,8}", "[A-Za-z0-9,.%]{0,12}"), 0..4),
+        headers in prop::collection::vec(("X-[A-Za-z]{1,12}", "[ -~]{0,40}"), 0..20),
+        length in 0usize..2000,
+        close in any::<bool>(),
+    ) {
+        let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let query = query.join("&");
+        let target = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+        let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+        for (n, v) in &headers {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        raw.push_str(&format!("Content-Length: {length}\r\n"));
+        if close {
+            raw.push_str("Connection: close\r\n");
+        }
+        raw.push_str("\r\n");
+        let head = parse_head(raw.as_bytes(), None, 1_000_000).unwrap().unwrap();
+        prop_assert_eq!(head.head_len, raw.len());
+        prop_assert_eq!(&head.req.method, method);
+        prop_assert_eq!(&head.req.path, &path);
+        prop_assert_eq!(&head.req.query, &query);
+        prop_assert_eq!(head.body, BodyLength::Length(length));
+        prop_assert_eq!(head.keep_alive, !close);
+        // Cut anywhere before its end, the same head asks for more bytes.
+        let cut = raw.len() / 2;
+        prop_assert!(matches!(parse_head(&raw.as_bytes()[..cut], None, 1_000_000), Ok(None) | Err(_)));
+    }
+
+    #[test]
+    fn arbitrary_query_strings_never_panic(q in "[ -~]{0,200}") {
+        let parsed = Query::parse(&q);
+        let _ = parsed.get("symbols");
+        let _ = parsed.get("cursor");
+    }
+
+    #[test]
+    fn encoded_query_values_round_trip(
+        pairs in prop::collection::btree_map("[a-z]{1,8}", "[ -~]{0,20}", 1..6),
+    ) {
+        // Percent-encode everything outside unreserved characters, as a browser's
+        // URLSearchParams would (space as +).
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                    b' ' => "+".to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        let q: Vec<String> = pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect();
+        let q = q.join("&");
+        let parsed = Query::parse(&q);
+        for (k, v) in &pairs {
+            prop_assert_eq!(parsed.get(k), Some(v.as_str()));
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_chunked_decoder(
+        bytes in prop_oneof![
+            prop::collection::vec(prop::sample::select(b"0123456789abcdefABCDEF;=x\r\n ".to_vec()), 0..300),
+            prop::collection::vec(any::<u8>(), 0..300),
+        ],
+        max in 0usize..500,
+    ) {
+        match decode_chunked(&bytes, max) {
+            Ok(Some((body, used))) => {
+                prop_assert!(used <= bytes.len());
+                prop_assert!(body.len() <= max);
+            }
+            Ok(None) => {}
+            Err(e) => prop_assert!(matches!(e.status(), 400 | 413), "{e:?}"),
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_round_trip(
+        body in prop::collection::vec(any::<u8>(), 0..3000),
+        cuts in prop::collection::vec(1usize..700, 0..12),
+        ext in any::<bool>(),
+        trailers in prop::collection::vec(("X-[A-Za-z]{1,8}", "[a-z0-9]{0,10}"), 0..3),
+        upper in any::<bool>(),
+    ) {
+        let mut wire = Vec::new();
+        let mut rest = &body[..];
+        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (*cut).min(rest.len());
+            let size = if upper { format!("{n:X}") } else { format!("{n:x}") };
+            wire.extend_from_slice(size.as_bytes());
+            if ext {
+                wire.extend_from_slice(b";name=value");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest[..n]);
+            wire.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        wire.extend_from_slice(b"0\r\n");
+        for (n, v) in &trailers {
+            wire.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        let (decoded, used) = decode_chunked(&wire, body.len()).unwrap().unwrap();
+        prop_assert_eq!(&decoded, &body);
+        prop_assert_eq!(used, wire.len());
+        // One byte less is never a complete body.
+        prop_assert_eq!(decode_chunked(&wire[..wire.len() - 1], body.len()), Ok(None));
+        // One byte over the cap is refused.
+        if !body.is_empty() {
+            let too_small = decode_chunked(&wire, body.len() - 1).err().map(|e| e.status());
+            prop_assert_eq!(too_small, Some(413));
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_publish_parser(
+        bytes in prop_oneof![
+            prop::collection::vec(prop::sample::select(br#"{}[]":,symbolprice0123456789.-eE "#.to_vec()), 0..200),
+            prop::collection::vec(any::<u8>(), 0..200),
+        ],
+    ) {
+        if let Err(e) = parse_publish(&bytes) {
+            prop_assert!((400..500).contains(&e.status()), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn valid_publish_bodies_round_trip(
+        updates in prop::collection::vec(("[A-Za-z][A-Za-z0-9.-]{0,7}", 0u64..100_000_000), 1..20),
+        as_array in any::<bool>(),
+    ) {
+        let items: Vec<serde_json::Value> = updates
+            .iter()
+            .map(|(s, cents)| serde_json::json!({ "symbol": s, "price": *cents as f64 / 100.0 }))
+            .collect();
+        let body = if as_array || items.len() > 1 {
+            serde_json::Value::Array(items).to_string()
+        } else {
+            items[0].to_string()
+        };
+        let parsed = parse_publish(body.as_bytes()).unwrap();
+        prop_assert_eq!(parsed.len(), updates.len());
+        for ((sym, price), (want_sym, cents)) in parsed.iter().zip(&updates) {
+            prop_assert_eq!(sym, &want_sym.to_ascii_uppercase());
+            prop_assert_eq!(*price, *cents as f64 / 100.0);
+        }
+    }
+}
