@@ -3,6 +3,10 @@
 #   cw1-1node   W1 (C=1000, U=200/s, 20 s) against one node alone (no Redis)
 #   cw1-3nodes  W1 across 3 nodes sharing one Redis: subscribers spread over the nodes and hopping
 #               to the next node at every poll, the publisher on node 1
+#   cw1-3nodes-redis-restart
+#               the same, with redis-server killed (kill -9) 8 s in and restarted empty 2 s later:
+#               publishes in between get 503 and are not expected; every acknowledged one must
+#               arrive (lost = 0)
 #   chold-5nodes / cfan-5nodes
 #               HOLD_C (95,000) polls held across 5 nodes (19,000 each, under the open-file
 #               limit), then one change fanned out to all of them (3 rounds)
@@ -19,7 +23,7 @@ RUN_DIR="$(mktemp -d /tmp/comet-cluster-bench.XXXXXX)"
 REDIS_PORT=6390
 BASE_PORT=8200
 SYMBOLS="$(seq -s, -f 'S%g' 0 49)"
-if [ "${QUICK:-0}" = 1 ]; then W1="-c 100 -u 50 -d 5"; HOLD_C="${HOLD_C:-2000}"; else W1="-c 1000 -u 200 -d 20"; HOLD_C="${HOLD_C:-95000}"; fi
+if [ "${QUICK:-0}" = 1 ]; then W1="-c 100 -u 50 -d 5"; HOLD_C="${HOLD_C:-2000}"; KILL_AT="${KILL_AT:-3}"; else W1="-c 1000 -u 200 -d 20"; HOLD_C="${HOLD_C:-95000}"; fi
 
 ulimit -n "$(ulimit -Hn)"
 command -v redis-server >/dev/null || { echo "apt-get install redis-server" >&2; exit 1; }
@@ -83,6 +87,21 @@ echo "redis CPU over cw1-3nodes: $(( (r1 - r0) * 1000 / hz )) ms for ${sent:-?} 
 if [ -n "${sent:-}" ] && [ "$sent" -gt 0 ]; then
   awk -v t=$((r1 - r0)) -v hz="$hz" -v n="$sent" 'BEGIN { printf "redis CPU per publish: %.1f us\n", t / hz * 1e6 / n }' | tee -a "$RUN_DIR/redis-cpu.txt"
 fi
+cleanup
+
+# -- W1 across 3 nodes with Redis killed and restarted empty mid-run
+start_redis
+start_nodes 3 --redis "redis://127.0.0.1:$REDIS_PORT"
+lat cw1-3nodes-redis-restart --url "http://127.0.0.1:$((BASE_PORT + 1))" --sub-urls "$NODE_URLS" --hop \
+  --server-pid "$NODE_PIDS" $W1 &
+LAT=$!
+sleep "${KILL_AT:-8}"
+log "kill -9 redis-server ($REDIS_PID)"
+kill -KILL "$REDIS_PID"
+sleep 2
+log "restarting redis-server, empty"
+start_redis
+wait "$LAT" || true
 cleanup
 
 # -- HOLD_C held across 5 nodes, then one change fanned out to all
