@@ -12,7 +12,10 @@
 #               limit), then one change fanned out to all of them (3 rounds)
 # Redis's CPU per publish is taken over the cw1-3nodes run.
 #
-# Usage: bench/cluster-bench.sh      Env: GROUP, RESULTS, SKIP_BUILD=1, HOLD_C, QUICK=1 (small)
+# The 3 nodes of the W1 runs get NODE_WORKERS (default 1) may workers each: three nodes, Redis and
+# the load generator share the 2 cores of the development machine.
+#
+# Usage: bench/cluster-bench.sh      Env: GROUP, RESULTS, SKIP_BUILD=1, HOLD_C, NODE_WORKERS, QUICK=1 (small)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -31,7 +34,17 @@ command -v redis-server >/dev/null || { echo "apt-get install redis-server" >&2;
 log() { echo "[cluster-bench $(date +%H:%M:%S)] $*" >&2; }
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; PIDS=(); }
+# Stop everything started so far and wait (bounded) until it is gone: a node holding 19,000
+# connections takes a moment to exit, and the next step binds the same ports.
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+  PIDS=()
+}
 trap cleanup EXIT
 
 wait_line() {
@@ -77,7 +90,7 @@ cleanup
 
 # -- W1 across 3 nodes, hopping
 start_redis
-start_nodes 3 --redis "redis://127.0.0.1:$REDIS_PORT"
+start_nodes 3 --redis "redis://127.0.0.1:$REDIS_PORT" --workers "${NODE_WORKERS:-1}"
 r0=$(cpu_ticks "$REDIS_PID")
 lat cw1-3nodes --url "http://127.0.0.1:$((BASE_PORT + 1))" --sub-urls "$NODE_URLS" --hop --server-pid "$NODE_PIDS" $W1
 r1=$(cpu_ticks "$REDIS_PID")
@@ -91,7 +104,7 @@ cleanup
 
 # -- W1 across 3 nodes with Redis killed and restarted empty mid-run
 start_redis
-start_nodes 3 --redis "redis://127.0.0.1:$REDIS_PORT"
+start_nodes 3 --redis "redis://127.0.0.1:$REDIS_PORT" --workers "${NODE_WORKERS:-1}"
 lat cw1-3nodes-redis-restart --url "http://127.0.0.1:$((BASE_PORT + 1))" --sub-urls "$NODE_URLS" --hop \
   --server-pid "$NODE_PIDS" $W1 &
 LAT=$!

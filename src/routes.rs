@@ -56,18 +56,19 @@ pub fn error_reply(e: &ApiError) -> Reply {
     }
 }
 
+/// GET (or HEAD) only: a 405 naming them otherwise.
+fn only_get(req: &Request) -> Result<(), ApiError> {
+    if req.method == "GET" || req.method == "HEAD" {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
+    }
+}
+
 fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>, ApiError> {
-    let get = req.method == "GET" || req.method == "HEAD";
-    let only_get = || {
-        if get {
-            Ok(())
-        } else {
-            Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
-        }
-    };
     match req.path.as_str() {
         "/api/poll" => {
-            only_get()?;
+            only_get(&req)?;
             let (symbols, cursor, timeout) = poll_params(app, &req.query)?;
             let lane = req.lane;
             // The request and its parsed query are freed before the poll parks: a held poll
@@ -102,16 +103,9 @@ fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>
 /// The routes answered at once with a [`Reply`].
 fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> {
     let get = req.method == "GET" || req.method == "HEAD";
-    let only_get = || {
-        if get {
-            Ok(())
-        } else {
-            Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
-        }
-    };
     match path {
         "/api/symbols" => {
-            only_get()?;
+            only_get(req)?;
             let names = app.book.symbol_names();
             let names: Vec<&str> = names.iter().map(|s| &**s).collect();
             let body = serde_json::json!({ "symbols": names });
@@ -132,7 +126,7 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
             Ok(answer_reply(app.book.snapshot(&symbols)))
         }
         "/metrics" => {
-            only_get()?;
+            only_get(req)?;
             Ok(Reply::text(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -141,7 +135,7 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
         }
         path => {
             let asset = assets::lookup(path).ok_or_else(|| ApiError::NotFound(path.into()))?;
-            only_get()?;
+            only_get(req)?;
             Ok(asset.reply(req.if_none_match.as_deref()))
         }
     }

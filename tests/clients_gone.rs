@@ -2,26 +2,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sse::SseClient;
 use common::{Conn, TestServer};
-
-/// Wait until `/metrics` shows `series` at `value`, at most `within`.
-fn metric_reaches(s: &TestServer, series: &str, value: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = s.metric(series);
-        if now == value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} is {now}, not {value}, after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 #[test]
 fn closing_500_held_polls_and_streams_frees_their_connections_within_a_second() {
@@ -56,7 +40,7 @@ fn closing_500_held_polls_and_streams_frees_their_connections_within_a_second() 
     drop(polls);
     drop(streams);
     // Only the connection that asks for /metrics is left.
-    metric_reaches(&s, "comet_connections_open", 1, Duration::from_secs(1));
+    s.wait_for_metric_within("comet_connections_open", 1, Duration::from_secs(1));
     assert_eq!(s.metric("comet_clients_gone_total"), 500);
     assert_eq!(s.metric("comet_polls_waiting"), 0);
     assert_eq!(s.metric("comet_streams_open"), 0);

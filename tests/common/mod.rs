@@ -118,7 +118,12 @@ impl TestServer {
 
     /// Wait (bounded) until `/metrics` shows `series` at `value`.
     pub fn wait_for_metric(&self, series: &str, value: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_metric_within(series, value, Duration::from_secs(10));
+    }
+
+    /// Wait until `/metrics` shows `series` at `value`; fail if it takes longer than `within`.
+    pub fn wait_for_metric_within(&self, series: &str, value: u64, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             let now = self.metric(series);
             if now == value {
@@ -126,7 +131,7 @@ impl TestServer {
             }
             assert!(
                 Instant::now() < deadline,
-                "{series} stuck at {now}, wanted {value}"
+                "{series} is {now}, not {value}, after {within:?}"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
