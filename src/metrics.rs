@@ -211,40 +211,33 @@ impl Metrics {
             "Changes applied from Redis.",
             g(&self.redis_changes),
         );
-        let _ = writeln!(
-            out,
-            "# HELP comet_polls_answered_total Long-polls answered, by reason.\n\
-             # TYPE comet_polls_answered_total counter"
+        // A counter family with one series per `reason`.
+        let mut by_reason = |name: &str, help: &str, series: &[(&str, &AtomicU64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (reason, v) in series {
+                let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", g(v));
+            }
+        };
+        by_reason(
+            "comet_polls_answered_total",
+            "Long-polls answered, by reason.",
+            &[
+                ("change", &self.answered_change),
+                ("timeout", &self.answered_timeout),
+                ("resync", &self.answered_resync),
+                ("shutdown", &self.answered_shutdown),
+            ],
         );
-        for (reason, v) in [
-            ("change", &self.answered_change),
-            ("timeout", &self.answered_timeout),
-            ("resync", &self.answered_resync),
-            ("shutdown", &self.answered_shutdown),
-        ] {
-            let _ = writeln!(
-                out,
-                "comet_polls_answered_total{{reason=\"{reason}\"}} {}",
-                g(v)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP comet_streams_ended_total Streams ended, by reason.\n\
-             # TYPE comet_streams_ended_total counter"
+        by_reason(
+            "comet_streams_ended_total",
+            "Streams ended, by reason.",
+            &[
+                ("client_gone", &self.streams_ended_client_gone),
+                ("slow", &self.streams_ended_slow),
+                ("lifetime", &self.streams_ended_lifetime),
+                ("shutdown", &self.streams_ended_shutdown),
+            ],
         );
-        for (reason, v) in [
-            ("client_gone", &self.streams_ended_client_gone),
-            ("slow", &self.streams_ended_slow),
-            ("lifetime", &self.streams_ended_lifetime),
-            ("shutdown", &self.streams_ended_shutdown),
-        ] {
-            let _ = writeln!(
-                out,
-                "comet_streams_ended_total{{reason=\"{reason}\"}} {}",
-                g(v)
-            );
-        }
         out
     }
 }

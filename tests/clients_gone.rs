@@ -54,15 +54,7 @@ fn closing_500_held_polls_and_streams_frees_their_connections_within_a_second() 
 fn a_request_pipelined_behind_a_held_poll_is_answered_after_it() {
     let s = TestServer::start(&["--symbols", "IBM"]);
     let cursor = s.cursor("IBM");
-    let mut c = Conn::open(s.addr).unwrap();
-    c.send(
-        "GET",
-        &format!("/api/poll?symbols=IBM&cursor={cursor}"),
-        &[],
-        b"",
-        false,
-    )
-    .unwrap();
+    let mut c = s.send_poll_keep_alive(&format!("symbols=IBM&cursor={cursor}"));
     s.wait_for_metric("comet_polls_waiting", 1);
     // The second request arrives while the poll is held; the client does not close.
     c.send("GET", "/api/symbols", &[], b"", false).unwrap();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{request, Conn, TestServer};
+use common::{request, TestServer};
 
 fn start() -> TestServer {
     TestServer::start(&["--engine", "minihttp"])
@@ -12,15 +12,7 @@ fn start() -> TestServer {
 fn minihttp_engine_serves_snapshot_and_poll() {
     let s = start();
     let cursor = s.cursor("IBM");
-    let mut poll = Conn::open(s.addr).unwrap();
-    poll.send(
-        "GET",
-        &format!("/api/poll?symbols=IBM&cursor={cursor}"),
-        &[],
-        b"",
-        false,
-    )
-    .unwrap();
+    let mut poll = s.send_poll_keep_alive(&format!("symbols=IBM&cursor={cursor}"));
     s.wait_for_metric("comet_polls_waiting", 1);
     s.publish("IBM", 12.5);
     let r = poll.read_response().unwrap();

@@ -85,6 +85,15 @@ impl TestServer {
         c
     }
 
+    /// Open a keep-alive connection and send `GET /api/poll?{query}` on it; the answer is read
+    /// later, and the connection can carry more requests.
+    pub fn send_poll_keep_alive(&self, query: &str) -> Conn {
+        let mut c = Conn::open(self.addr).expect("connect");
+        c.send("GET", &format!("/api/poll?{query}"), &[], b"", false)
+            .expect("send poll");
+        c
+    }
+
     /// Publish one price; returns the new seq.
     pub fn publish(&self, symbol: &str, price: f64) -> u64 {
         let r = self.post(
