@@ -1,14 +1,21 @@
-//! comet-quotes: a COMET (long-poll) stock-quote server on `may` stackful coroutines.
+//! comet-quotes: a COMET (server-push) stock-quote server on `may` stackful coroutines, by
+//! long-poll or Server-Sent Events, alone or as one node of a cluster sharing Redis.
 //!
 //! Map of the modules:
 //! - [`config`]: CLI flags and env vars, validated into one `Config`.
-//! - [`book`]: the quote book: prices, sequence numbers, waiters; **where a long-poll waits**.
+//! - [`app`]: the state every handler shares (`App`).
+//! - [`book`]: the quote book: prices, sequence numbers, waiter lanes; **where a request waits**.
 //! - [`table`]: the lock-free name -> symbol table.
-//! - [`waiter`]: one parked poll, and the sweeper thread that ends polls whose time is up.
+//! - [`names`]: what a symbol name is.
+//! - [`waiter`]: one held request, how it parks (`Hold`), and the sweeper thread that ends the
+//!   ones whose time is up.
+//! - [`stream`]: the Server-Sent Events transport; [`sse`] its framing.
 //! - [`feed`]: the built-in random quote feed.
 //! - [`cluster`]: the Redis link: nodes that share quotes and seqs through Redis (`--redis`).
-//! - [`routes`]: routing and request parsing, plain functions from request to reply.
-//! - [`http`]: the request/reply values and the connection layers (native, may_minihttp).
+//! - [`routes`]: routing and request parsing, plain functions from request to response; the
+//!   long-poll transport is `QuoteBook::poll` behind `/api/poll`.
+//! - [`http`]: the request/reply values, the protocol (`http::protocol`), the `Date` header, and
+//!   the connection layers (native, may_minihttp).
 //! - [`assets`]: the `public/` page, embedded in the binary.
 //! - [`metrics`]: counters and their Prometheus rendering.
 //! - [`error`]: the error enum of the HTTP boundary and its status codes.
