@@ -7,7 +7,7 @@
 //! - `cq:feed`: the random feed's lease, the id of the node that may run it.
 //!
 //! # Seqs
-//! One Lua script ([`PUBLISH`]) gives every change `seq = max(previous + 1, Redis TIME in µs,
+//! One Lua script (`PUBLISH`) gives every change `seq = max(previous + 1, Redis TIME in µs,
 //! floor + 1)`, stores the quote and announces it, atomically; `floor` is the highest seq the
 //! publishing node has seen. A restarted or restored Redis therefore never hands out a seq below
 //! one a node has already seen: TIME has moved on, and the floor covers seqs that ran ahead of
