@@ -177,7 +177,8 @@ pub struct Cluster {
     seed: Vec<(String, f64)>,
     /// Whether this node wants the feed (it runs it only while it holds the lease).
     wants_feed: bool,
-    commands: Mutex<std_mpsc::Sender<Publish>>,
+    /// To the commander thread. `Sender` is `Sync`: handlers send without a lock.
+    commands: std_mpsc::Sender<Publish>,
     /// Changes Redis acknowledged (the publisher got its 200) that the subscriber has not seen
     /// announced yet. If Redis loses them (killed right after answering), the next sync writes
     /// them back: an acknowledged publish is never lost.
@@ -252,7 +253,7 @@ impl Cluster {
             max_symbols,
             seed,
             wants_feed,
-            commands: Mutex::new(tx),
+            commands: tx,
             acked: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
             leader: AtomicBool::new(false),
@@ -306,14 +307,10 @@ impl Cluster {
             return Err(ApiError::Unavailable);
         }
         let (reply, answer) = may::sync::mpsc::channel();
-        let sent = self
-            .commands
-            .lock()
-            .map_err(|_| ApiError::Unavailable)?
-            .send(Publish {
-                updates: updates.to_vec(),
-                reply,
-            });
+        let sent = self.commands.send(Publish {
+            updates: updates.to_vec(),
+            reply,
+        });
         if sent.is_err() {
             return Err(ApiError::Unavailable);
         }
