@@ -108,6 +108,8 @@ fn run(app: &App, s: Stream<'_>, mut out: Vec<u8>, io: &mut dyn StreamIo) -> End
         let waited = book.wait_since(&s.symbols, cursor, deadline, s.lane, io, &m.streams_waiting);
         match waited {
             Wait::Changed(a) => {
+                // One allocation for the frame: `id:` line, `data: ` and the blank line.
+                out.reserve(a.json.len() + 48);
                 sse::event(a.cursor, &a.json, &mut out);
                 cursor = a.cursor;
                 m.stream_events.fetch_add(1, Ordering::Relaxed);

@@ -208,6 +208,16 @@ fn connect_from(
 }
 
 impl Shared {
+    /// The symbols a subscriber follows, as `A,B,C`.
+    fn symbols_of(&self, sub: &Sub) -> String {
+        let names: Vec<&str> = sub
+            .syms
+            .iter()
+            .map(|&s| self.spec.symbols[s as usize].as_str())
+            .collect();
+        names.join(",")
+    }
+
     fn deadline_passed(&self) -> bool {
         plan::now_us() >= self.spec.deadline_us
     }
@@ -324,12 +334,7 @@ fn stream_subscriber(sh: Arc<Shared>, local: usize) {
     let spec = &sh.spec;
     let sub = &sh.subs[local];
     let global = spec.first_sub + local;
-    let sym_csv: Vec<&str> = sub
-        .syms
-        .iter()
-        .map(|&s| spec.symbols[s as usize].as_str())
-        .collect();
-    let sym_csv = sym_csv.join(",");
+    let sym_csv = sh.symbols_of(sub);
     // A stream stays on one node: subscriber i on node i % n.
     let node = &spec.nodes[global % spec.nodes.len()];
     let path = match spec.kind {
@@ -449,12 +454,7 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
     let spec = &sh.spec;
     let sub = &sh.subs[local];
     let global = spec.first_sub + local;
-    let sym_list: Vec<&str> = sub
-        .syms
-        .iter()
-        .map(|&s| sh.spec.symbols[s as usize].as_str())
-        .collect();
-    let sym_csv = sym_list.join(",");
+    let sym_csv = sh.symbols_of(sub);
     let mut cursor: Option<u64> = None;
     let mut last_modified: Option<String> = None;
     let mut etag: Option<String> = None;

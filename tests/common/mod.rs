@@ -204,18 +204,23 @@ impl Response {
 
     /// Symbol -> price of every quote in a snapshot or poll answer.
     pub fn prices(&self) -> Vec<(String, f64)> {
-        self.json()["quotes"]
-            .as_array()
-            .expect("quotes array")
-            .iter()
-            .map(|q| {
-                (
-                    q["symbol"].as_str().unwrap().to_string(),
-                    q["price"].as_f64().unwrap(),
-                )
-            })
-            .collect()
+        quote_prices(&self.json())
     }
+}
+
+/// Symbol -> price of every quote in a `{"cursor":N,"quotes":[...]}` answer or stream event.
+pub fn quote_prices(answer: &Value) -> Vec<(String, f64)> {
+    answer["quotes"]
+        .as_array()
+        .expect("quotes array")
+        .iter()
+        .map(|q| {
+            (
+                q["symbol"].as_str().unwrap().to_string(),
+                q["price"].as_f64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// One request on a fresh connection (`Connection: close`); panics on I/O errors.

@@ -143,17 +143,7 @@ impl SseClient {
     }
 }
 
-/// Symbol -> price of every quote in an event's data.
+/// Symbol -> price of every quote in an event's data (the same JSON as a poll answer).
 pub fn prices(data: &Value) -> Vec<(String, f64)> {
-    data["quotes"]
-        .as_array()
-        .expect("quotes")
-        .iter()
-        .map(|q| {
-            (
-                q["symbol"].as_str().unwrap().to_string(),
-                q["price"].as_f64().unwrap(),
-            )
-        })
-        .collect()
+    super::quote_prices(data)
 }
