@@ -487,10 +487,12 @@ impl QuoteBook {
         Answer::build(g, Reason::Change, quotes)
     }
 
-    /// Whether `cursor` is one this book could have handed out. One above the counter is waited
-    /// for (up to the catch-up time: in a cluster another node may be a change ahead); one
-    /// still above it after that comes from elsewhere (an earlier run, another cluster), and is
-    /// answered with a full snapshot.
+    /// Whether `cursor` is one this book could have handed out, for a stream that resumes. One
+    /// above the counter is waited for (up to the catch-up time: in a cluster another node may
+    /// be a change ahead); one still above it after that comes from elsewhere (an earlier run,
+    /// another cluster), and is answered with a full snapshot. A stream opens once, so a check
+    /// every millisecond does; a long-poll, which a client hopping between nodes sends with
+    /// such a cursor all the time, waits on its symbols instead (`wait_to_catch_up`).
     pub fn is_future(&self, cursor: u64) -> bool {
         if cursor <= self.current_seq() {
             return false;
@@ -507,6 +509,51 @@ impl QuoteBook {
             }
         }
         true
+    }
+
+    /// A long-poll whose cursor is ahead of this node: in a cluster, the client had its last
+    /// answer from a node that has applied a change this one is still receiving from Redis.
+    /// The poll waits for it like for any change, on its symbols' waiter lists (a node that
+    /// hops is answered the moment the change it waits for lands here, with no polling of the
+    /// counter). `None` when the node is still behind the cursor after the catch-up time (or
+    /// at once, alone): the cursor comes from elsewhere and the caller resynchronises.
+    /// `wait_until(t)` is the poll's own wait on its symbols from `cursor`, up to `t`.
+    fn wait_to_catch_up(
+        &self,
+        symbols: &[&Symbol],
+        cursor: u64,
+        deadline: Instant,
+        wait_until: impl Fn(Instant) -> Wait,
+    ) -> Option<Wait> {
+        if self.catch_up.is_zero() {
+            return None;
+        }
+        let behind_until = (Instant::now() + self.catch_up).min(deadline);
+        loop {
+            // A change at or below the cursor (one the client already has) also wakes the
+            // waiter, and comes back as a Timeout with nothing to answer: look again.
+            match wait_until(behind_until) {
+                Wait::Timeout => {}
+                other => return Some(other),
+            }
+            if cursor <= self.current_seq() {
+                // Caught up: from here it is an ordinary poll.
+                return Some(wait_until(deadline));
+            }
+            if Instant::now() >= behind_until {
+                return None;
+            }
+            if symbols.iter().any(|s| s.latest.load().quote.seq > cursor) {
+                // A change above the cursor is stored but the counter is not yet moved past it
+                // (`apply_remote`, then `advance`): registering again would return at once.
+                // Let the applying thread finish.
+                if may::coroutine::is_coroutine() {
+                    may::coroutine::sleep(Duration::from_millis(1));
+                } else {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
     }
 
     /// Store a change that Redis gave its seq (`cluster`), creating the symbol if new, unless
@@ -627,25 +674,31 @@ impl QuoteBook {
         lane: usize,
         hold: &dyn Hold,
     ) -> Option<Answer> {
-        let cursor = match cursor {
-            None => self.current_seq(),
-            Some(c) if self.is_future(c) => {
-                // Not a cursor this run handed out: resynchronise the client.
-                let mut a = self.snapshot(symbols);
-                a.reason = Reason::Resync;
-                return Some(self.count(a));
-            }
-            Some(c) => c,
-        };
         // Round every wait up to at least 1 ms: the sweeper sleeps in whole milliseconds, and a
         // may wait under 1 ms never fires (should this ever wait on a may timer instead).
         let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
         let waiting = &self.metrics.polls_waiting;
-        let answer = match self.wait_since(symbols, cursor, deadline, lane, hold, waiting) {
+        // No cursor means "from now".
+        let from = cursor.unwrap_or_else(|| self.current_seq());
+        let wait_until = |until| self.wait_since(symbols, from, until, lane, hold, waiting);
+        let waited = if from > self.current_seq() {
+            match self.wait_to_catch_up(symbols, from, deadline, wait_until) {
+                Some(waited) => waited,
+                None => {
+                    // Not a cursor this node (or its cluster) handed out: resynchronise.
+                    let mut a = self.snapshot(symbols);
+                    a.reason = Reason::Resync;
+                    return Some(self.count(a));
+                }
+            }
+        } else {
+            wait_until(deadline)
+        };
+        let answer = match waited {
             Wait::Changed(answer) => answer,
             // The same cursor back, as the contract says.
-            Wait::Timeout => Answer::empty(cursor, Reason::Timeout),
-            Wait::Shutdown => Answer::empty(cursor, Reason::Shutdown),
+            Wait::Timeout => Answer::empty(from, Reason::Timeout),
+            Wait::Shutdown => Answer::empty(from, Reason::Shutdown),
             Wait::ClientGone => {
                 self.metrics.clients_gone.fetch_add(1, Ordering::Relaxed);
                 return None;
@@ -742,6 +795,73 @@ mod tests {
         assert_eq!(a.reason, Reason::Resync);
         assert_eq!(parsed(&a).len(), 2);
         assert_eq!(a.cursor, b.current_seq());
+    }
+
+    /// A cluster node's book holding IBM at seq 100, with a running sweeper.
+    fn cluster_book(catch_up: Duration) -> Arc<QuoteBook> {
+        let b = QuoteBook::for_cluster(10, 1, catch_up, Arc::new(Metrics::default()));
+        b.start_threads().unwrap();
+        apply(&b, "IBM", 100);
+        b
+    }
+
+    /// What the cluster's subscriber does with a change from Redis: store, advance, wake.
+    fn apply(b: &QuoteBook, name: &str, seq: u64) {
+        let q = RemoteQuote {
+            seq,
+            ts: seq,
+            price: seq as f64,
+            open: 1.0,
+        };
+        let sym = b.apply_remote(name, q);
+        b.advance(seq);
+        if let Some(sym) = sym {
+            sym.wake_all();
+        }
+    }
+
+    fn wait_until_polls_waiting(b: &QuoteBook, n: u64) {
+        for _ in 0..10_000 {
+            if b.metrics.polls_waiting.load(Ordering::Relaxed) == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("never {n} polls waiting");
+    }
+
+    #[test]
+    fn a_poll_ahead_of_a_cluster_node_waits_for_the_change_and_skips_what_it_has() {
+        let b = cluster_book(Duration::from_secs(60));
+        let poller = {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                let syms = b.resolve(&["IBM".into()]).unwrap();
+                b.poll(&syms, Some(105), Duration::from_secs(60), 0, &PlainHold)
+            })
+        };
+        wait_until_polls_waiting(&b, 1);
+        // The change the client already saw on another node lands here: nothing to answer.
+        apply(&b, "IBM", 105);
+        wait_until_polls_waiting(&b, 1);
+        assert!(!poller.is_finished());
+        apply(&b, "IBM", 107);
+        let a = poller.join().unwrap().unwrap();
+        assert_eq!(a.reason, Reason::Change);
+        assert_eq!(a.cursor, 107);
+        assert_eq!(parsed(&a)[0]["seq"], 107);
+    }
+
+    #[test]
+    fn a_poll_still_ahead_after_the_catch_up_time_resyncs() {
+        let b = cluster_book(Duration::from_millis(20));
+        let syms = b.resolve(&["IBM".into()]).unwrap();
+        let a = b
+            .poll(&syms, Some(500), Duration::from_secs(60), 0, &PlainHold)
+            .unwrap();
+        assert_eq!(a.reason, Reason::Resync);
+        assert_eq!(a.cursor, 100);
+        assert_eq!(parsed(&a)[0]["seq"], 100);
     }
 
     #[test]
