@@ -182,7 +182,9 @@ cleanup
 
 fi
 
-if part nchan-hop; then
+if part nchan-hop && ! { command -v nginx >/dev/null && [ -f "${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}" ]; }; then
+  log "skipping nw1-stay/nw1-hop: apt-get install nginx-light libnginx-mod-nchan"
+elif part nchan-hop; then
 # -- The hopping client against Nchan: one server, 3 connections per subscriber
 NCHAN_DIR="$RUN_DIR/nchan"
 NCHAN_PORT=8191
