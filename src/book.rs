@@ -499,11 +499,7 @@ impl QuoteBook {
         }
         let until = Instant::now() + self.catch_up;
         while Instant::now() < until {
-            if may::coroutine::is_coroutine() {
-                may::coroutine::sleep(Duration::from_millis(1));
-            } else {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            nap();
             if cursor <= self.current_seq() {
                 return false;
             }
@@ -547,11 +543,7 @@ impl QuoteBook {
                 // A change above the cursor is stored but the counter is not yet moved past it
                 // (`apply_remote`, then `advance`): registering again would return at once.
                 // Let the applying thread finish.
-                if may::coroutine::is_coroutine() {
-                    may::coroutine::sleep(Duration::from_millis(1));
-                } else {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                nap();
             }
         }
     }
@@ -715,6 +707,16 @@ impl QuoteBook {
     /// Wake every waiting poll (answered empty) and refuse to park new ones.
     pub fn shutdown(&self) {
         self.sweeper.shutdown();
+    }
+}
+
+/// Sleep 1 ms without blocking a may worker: a coroutine sleeps on may's timer, a plain thread
+/// (tests, the cluster's threads) on the OS's.
+fn nap() {
+    if may::coroutine::is_coroutine() {
+        may::coroutine::sleep(Duration::from_millis(1));
+    } else {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
