@@ -1,6 +1,6 @@
 //! The static files of `public/`, embedded at build time (see `build.rs`), served with ETags.
 
-use crate::http::{Body, Reply};
+use crate::reply::{Body, Reply};
 
 /// (URL path, bytes, quoted ETag) for every file under `public/`.
 static FILES: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));

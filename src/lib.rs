@@ -12,10 +12,12 @@
 //! - [`stream`]: the Server-Sent Events transport; [`sse`] its framing.
 //! - [`feed`]: the built-in random quote feed.
 //! - [`cluster`]: the Redis link: nodes that share quotes and seqs through Redis (`--redis`).
-//! - [`routes`]: routing and request parsing, plain functions from request to response; the
-//!   long-poll transport is `QuoteBook::poll` behind `/api/poll`.
-//! - [`http`]: the request/reply values, the protocol (`http::protocol`), the `Date` header, and
-//!   the connection layers (native, may_minihttp).
+//! - [`routes`]: routing, plain functions from request to response; the long-poll transport is
+//!   `QuoteBook::poll` behind `/api/poll`.
+//! - [`request`]: the request value and its parsing (query, symbols, cursor, publish body).
+//! - [`reply`]: the reply value, and where an error becomes one.
+//! - [`http`]: the connection layers (native, may_minihttp), the HTTP/1.1 protocol
+//!   (`http::protocol`) and the `Date` header.
 //! - [`assets`]: the `public/` page, embedded in the binary.
 //! - [`metrics`]: counters and their Prometheus rendering.
 //! - [`error`]: the error enum of the HTTP boundary and its status codes.
@@ -31,6 +33,8 @@ pub mod feed;
 pub mod http;
 pub mod metrics;
 pub mod names;
+pub mod reply;
+pub mod request;
 pub mod routes;
 pub mod server;
 pub mod sse;

@@ -4,7 +4,7 @@
 
 use comet_quotes::error::ApiError;
 use comet_quotes::http::protocol::{decode_chunked, parse_head, BodyLength};
-use comet_quotes::routes::{parse_publish, Query};
+use comet_quotes::request::{parse_publish, Query};
 use proptest::prelude::*;
 
 fn cases() -> ProptestConfig {

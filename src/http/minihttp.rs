@@ -17,7 +17,8 @@ use may_minihttp::{HttpServiceFactory, Request as MiniRequest, Response as MiniR
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::{reason_phrase, Reply, Request};
+use crate::reply::{error_reply, reason_phrase, Reply};
+use crate::request::Request;
 use crate::routes::{self, Response};
 use crate::waiter::PlainHold;
 
@@ -130,7 +131,7 @@ impl may_minihttp::HttpService for Service {
                 Response::ClientGone => return Ok(()),
             },
             Err(e) => {
-                let r = routes::error_reply(&e);
+                let r = error_reply(&e);
                 self.app.metrics.count_request(r.status);
                 r
             }

@@ -21,7 +21,8 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::date;
 use crate::http::protocol::{self, decode_chunked, parse_head, BodyLength};
-use crate::http::{Reply, Request};
+use crate::reply::{error_reply, Reply};
+use crate::request::Request;
 use crate::routes::{self, Response};
 use crate::stream::{self, StreamIo};
 use crate::waiter::{Expire, Hold, Parked, Parker, Sweeper};
@@ -261,7 +262,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
             Err(e) => {
                 // A protocol error: answer it, then close (the stream's framing is lost).
                 log::debug!("bad request from {peer:?}: {e}");
-                let reply = routes::error_reply(&e);
+                let reply = error_reply(&e);
                 app.metrics.count_request(reply.status);
                 let mut conn = Conn::new(&mut stream, &sweeper, app.config.write_timeout);
                 let _ = conn.send_reply(&reply, false, false);

@@ -6,7 +6,8 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use crate::error::ApiError;
-use crate::http::{reason_phrase, Reply, Request};
+use crate::reply::{reason_phrase, Reply};
+use crate::request::Request;
 
 /// Largest request head (request line and headers) we read before answering 431.
 pub const MAX_HEAD: usize = 16 * 1024;

@@ -1,0 +1,90 @@
+//! What the routes answer: a [`Reply`] value both connection layers can write, and the one place
+//! an [`ApiError`] becomes a reply.
+
+use crate::error::ApiError;
+
+/// A reply body: borrowed from the binary (static assets) or built for this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Static(&'static [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Body {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Static(b) => b,
+            Body::Owned(v) => v,
+        }
+    }
+}
+
+/// What the routes answer. Header names and most values are static strings, as both engines like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub cache_control: &'static str,
+    /// Extra headers: `Allow` on a 405, `ETag` on static files.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            cache_control: "no-store",
+            headers: Vec::new(),
+            body: Body::Owned(body),
+        }
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            cache_control: "no-store",
+            headers: Vec::new(),
+            body: Body::Owned(body),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// `{"error":"..."}` with the error's status; a 405 also names the allowed methods.
+pub fn error_reply(e: &ApiError) -> Reply {
+    let body = serde_json::json!({ "error": e.to_string() });
+    let reply = Reply::json(e.status(), body.to_string().into_bytes());
+    match e {
+        ApiError::MethodNotAllowed { allow } => reply.header("Allow", (*allow).to_string()),
+        ApiError::Unavailable => reply.header("Retry-After", "1".to_string()),
+        _ => reply,
+    }
+}
