@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::auth::Auth;
 use crate::book::QuoteBook;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// What every handler shares. Read-only after start-up, apart from the book and the counters,
@@ -17,4 +19,18 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The Redis link, when this node is one of a cluster (`--redis`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Who may read and publish what.
+    pub auth: Auth,
+}
+
+impl App {
+    /// Publish a batch of (symbol, price) changes, all or none; the one way in for the routes
+    /// and the feed. Returns the last seq. Alone, into the book; in a cluster, through Redis,
+    /// from where the change comes back to this node's book like every other node's.
+    pub fn publish(&self, updates: &[(String, f64)]) -> Result<u64, ApiError> {
+        match &self.cluster {
+            Some(cluster) => cluster.publish(updates),
+            None => self.book.publish_batch(updates),
+        }
+    }
 }

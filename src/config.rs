@@ -1,9 +1,14 @@
 //! The server's configuration: CLI flags and env vars, validated into one `Config`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use rand::Rng;
+
+use crate::auth::{JwtKey, Scope};
+use crate::cors::CorsOrigins;
 
 /// The tickers the built-in feed starts with when `--symbols` is not given.
 pub const DEFAULT_SYMBOLS: &str = "AAPL,ABT,ADBE,AMD,AMZN,BA,CAT,CSCO,CVX,DIS,GE,GOOG,HD,IBM,INTC,JNJ,JPM,KO,MCD,META,MSFT,NFLX,NKE,NVDA,ORCL,PEP,PFE,TSLA,WMT,XOM";
@@ -108,9 +113,30 @@ pub struct Cli {
     #[arg(long, env = "COMET_SEED")]
     pub seed: Option<u64>,
 
-    /// Bearer token required to publish; without one, only loopback clients may publish.
+    /// Bearer token that may publish (POST /api/quotes with Authorization: Bearer TOKEN). With
+    /// neither this nor a JWT key, a random one is made at start and printed once.
     #[arg(long, env = "COMET_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
+
+    /// Accept JWTs signed with HS256 and this secret (at least 32 bytes). Reading then needs a
+    /// token whose `symbols` claim grants the symbols; its `publish` claim grants publishing.
+    #[arg(long, env = "COMET_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Accept JWTs signed with RS256 (an RSA key) or ES256 (an EC P-256 key) whose public key is
+    /// in this PEM file; otherwise as --jwt-secret.
+    #[arg(long, env = "COMET_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Symbols anyone may read without a token while a JWT key is set (comma separated; `*` =
+    /// all).
+    #[arg(long, env = "COMET_PUBLIC_SYMBOLS", value_name = "LIST")]
+    pub public_symbols: Option<String>,
+
+    /// Origins whose pages may call /api/ from the browser, with credentials (comma separated,
+    /// e.g. https://app.example.com); `*` = any page, without credentials.
+    #[arg(long, env = "COMET_CORS_ORIGINS", value_name = "LIST")]
+    pub cors_origins: Option<String>,
 
     /// Join the cluster whose shared state lives in this Redis (redis://HOST:PORT[/DB]);
     /// without it the server runs alone.
@@ -143,7 +169,13 @@ pub struct Config {
     pub symbols: Vec<String>,
     pub feed: Option<FeedConfig>,
     pub seed: Option<u64>,
+    /// The bearer token that may publish: configured, or made at start when neither it nor a
+    /// JWT key was (`publish_token_generated`). `None` only with a JWT key.
     pub publish_token: Option<String>,
+    pub publish_token_generated: bool,
+    pub jwt: Option<JwtKey>,
+    pub public_symbols: Scope,
+    pub cors_origins: CorsOrigins,
     pub redis: Option<String>,
     pub engine: Engine,
 }
@@ -236,6 +268,45 @@ impl Cli {
         if matches!(&self.publish_token, Some(t) if t.is_empty()) {
             return Err("--publish-token must not be empty".into());
         }
+        let jwt = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(_), Some(_)) => {
+                return Err("give --jwt-secret or --jwt-public-key, not both".into());
+            }
+            (Some(secret), None) => {
+                Some(JwtKey::secret(secret).map_err(|e| format!("--jwt-secret {e}"))?)
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
+                Some(
+                    JwtKey::from_pem(&pem)
+                        .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let public_symbols = match &self.public_symbols {
+            Some(_) if jwt.is_none() => {
+                return Err(
+                    "--public-symbols needs --jwt-secret or --jwt-public-key (without a JWT key \
+                     every symbol is public)"
+                        .into(),
+                )
+            }
+            Some(list) => Scope::parse_list(list).map_err(|e| format!("--public-symbols: {e}"))?,
+            None => Scope::Nothing,
+        };
+        let cors_origins = match &self.cors_origins {
+            Some(list) => CorsOrigins::parse(list).map_err(|e| format!("--cors-origins: {e}"))?,
+            None => CorsOrigins::None,
+        };
+        // Publishing always needs a credential. With none configured, one is made for this run
+        // and printed once (main), so that a person at the keyboard can still publish.
+        let publish_token_generated = self.publish_token.is_none() && jwt.is_none();
+        let publish_token = match self.publish_token {
+            None if publish_token_generated => Some(random_token()),
+            t => t,
+        };
         Ok(Config {
             listen: self.listen,
             workers,
@@ -257,11 +328,21 @@ impl Cli {
                 mean_interval: feed_interval,
             }),
             seed: self.seed,
-            publish_token: self.publish_token,
+            publish_token,
+            publish_token_generated,
+            jwt,
+            public_symbols,
+            cors_origins,
             redis: self.redis,
             engine: self.engine,
         })
     }
+}
+
+/// 128 random bits in hex: a publish token for this run.
+fn random_token() -> String {
+    let bits: u128 = rand::thread_rng().gen();
+    format!("{bits:032x}")
 }
 
 impl Config {

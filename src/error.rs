@@ -43,10 +43,14 @@ pub enum ApiError {
     BadPrice { symbol: String },
     /// Publishing would create more symbols than the configured maximum.
     SymbolLimit { max: usize },
-    /// Publishing without the configured bearer token.
-    Unauthorized,
-    /// Publishing from a non-loopback client while no token is configured.
-    Forbidden,
+    /// A request that needs a credential came without one (401).
+    MissingToken,
+    /// A credential that is malformed, badly signed or otherwise not accepted (401).
+    InvalidToken(String),
+    /// A JWT whose `exp` has passed (401).
+    ExpiredToken,
+    /// A valid credential that does not grant these symbols (403).
+    NotGranted(Vec<String>),
     /// A known path with the wrong method; `allow` is the `Allow` header value.
     MethodNotAllowed { allow: &'static str },
     /// No such path.
@@ -64,8 +68,8 @@ impl ApiError {
         match self {
             BadRequest(_) | MissingSymbols | BadSymbol(_) | TooManySymbols { .. } => 400,
             BadCursor(_) | BadLastEventId(_) | BadTimeout(_) | BadJson(_) | BadPrice { .. } => 400,
-            Unauthorized => 401,
-            Forbidden => 403,
+            MissingToken | InvalidToken(_) | ExpiredToken => 401,
+            NotGranted(_) => 403,
             UnknownSymbol(_) | NotFound(_) => 404,
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
@@ -120,17 +124,34 @@ impl fmt::Display for ApiError {
                 "bad price for {symbol}: expected a finite, non-negative number"
             ),
             SymbolLimit { max } => write!(f, "symbol limit reached: at most {max} symbols"),
-            Unauthorized => write!(f, "publishing needs Authorization: Bearer <token>"),
-            Forbidden => write!(
+            MissingToken => write!(
                 f,
-                "publishing without a token is accepted only from loopback clients"
+                "a token is needed: send Authorization: Bearer <token> (to read, also \
+                 access_token=<token> or the comet_token cookie)"
             ),
+            InvalidToken(why) => write!(f, "invalid token: {why}"),
+            ExpiredToken => write!(f, "token expired"),
+            NotGranted(symbols) => write!(f, "not granted: {}", symbols.join(", ")),
             MethodNotAllowed { allow } => write!(f, "method not allowed (allowed: {allow})"),
             NotFound(path) => write!(f, "not found: {path}"),
             Unavailable => write!(
                 f,
                 "cannot publish now: this node has lost its Redis; retry shortly"
             ),
+        }
+    }
+}
+
+impl ApiError {
+    /// For a refused credential, the `reason` it is counted under in
+    /// `comet_auth_refused_total`.
+    pub fn auth_refusal(&self) -> Option<&'static str> {
+        match self {
+            ApiError::MissingToken => Some("missing"),
+            ApiError::InvalidToken(_) => Some("invalid"),
+            ApiError::ExpiredToken => Some("expired"),
+            ApiError::NotGranted(_) => Some("forbidden"),
+            _ => None,
         }
     }
 }
@@ -167,8 +188,10 @@ mod tests {
             ApiError::BadJson("x".into()),
             ApiError::BadPrice { symbol: "X".into() },
             ApiError::SymbolLimit { max: 1 },
-            ApiError::Unauthorized,
-            ApiError::Forbidden,
+            ApiError::MissingToken,
+            ApiError::InvalidToken("x".into()),
+            ApiError::ExpiredToken,
+            ApiError::NotGranted(vec!["X".into()]),
             ApiError::MethodNotAllowed { allow: "GET" },
             ApiError::NotFound("/x".into()),
         ];

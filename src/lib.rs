@@ -3,7 +3,10 @@
 //!
 //! Map of the modules:
 //! - [`config`]: CLI flags and env vars, validated into one `Config`.
-//! - [`app`]: the state every handler shares (`App`).
+//! - [`app`]: the state every handler shares (`App`), and its one way to publish.
+//! - [`auth`]: who may read and publish which symbols: the publish token, JWT grants, their
+//!   cache.
+//! - [`cors`]: which pages on other origins may read `/api/`, and the headers that say so.
 //! - [`book`]: the quote book: prices, sequence numbers, waiter lanes; **where a request waits**.
 //! - [`table`]: the lock-free name -> symbol table.
 //! - [`names`]: what a symbol name is.
@@ -25,9 +28,11 @@
 
 pub mod app;
 pub mod assets;
+pub mod auth;
 pub mod book;
 pub mod cluster;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod feed;
 pub mod http;

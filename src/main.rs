@@ -18,6 +18,17 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if config.publish_token_generated {
+        if let Some(token) = &config.publish_token {
+            // Once, on stderr whatever RUST_LOG says: without it nobody could publish. Pasted
+            // into a shell, the line also makes a restart there keep the same token.
+            eprintln!(
+                "comet-quotes: publishing needs a credential and none was configured; this run's \
+                 publish token (send it as Authorization: Bearer, or choose your own with \
+                 --publish-token):\n    export COMET_PUBLISH_TOKEN={token}"
+            );
+        }
+    }
     configure_runtime(&config);
     // Register before serving, so a signal that arrives during start-up is not lost.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {

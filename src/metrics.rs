@@ -38,6 +38,7 @@ pub struct Metrics {
     pub streams_ended_slow: AtomicU64,
     pub streams_ended_lifetime: AtomicU64,
     pub streams_ended_shutdown: AtomicU64,
+    pub streams_ended_expired: AtomicU64,
     /// Held polls and streams whose client closed the connection while they waited.
     pub clients_gone: AtomicU64,
     pub answered_change: AtomicU64,
@@ -63,6 +64,11 @@ pub struct Metrics {
     pub redis_reconnects: AtomicU64,
     /// Changes applied from Redis (announced or loaded).
     pub redis_changes: AtomicU64,
+    /// Requests refused for their credential, by reason (`ApiError::auth_refusal`).
+    pub auth_refused_missing: AtomicU64,
+    pub auth_refused_invalid: AtomicU64,
+    pub auth_refused_expired: AtomicU64,
+    pub auth_refused_forbidden: AtomicU64,
 }
 
 impl Metrics {
@@ -78,6 +84,17 @@ impl Metrics {
         if reason != Reason::Snapshot {
             self.delivered.fetch_add(quotes as u64, Ordering::Relaxed);
         }
+    }
+
+    /// A refused credential, by `ApiError::auth_refusal`'s reason.
+    pub fn count_auth_refused(&self, reason: &str) {
+        let c = match reason {
+            "missing" => &self.auth_refused_missing,
+            "expired" => &self.auth_refused_expired,
+            "forbidden" => &self.auth_refused_forbidden,
+            _ => &self.auth_refused_invalid,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_request(&self, status: u16) {
@@ -236,6 +253,17 @@ impl Metrics {
                 ("slow", &self.streams_ended_slow),
                 ("lifetime", &self.streams_ended_lifetime),
                 ("shutdown", &self.streams_ended_shutdown),
+                ("expired", &self.streams_ended_expired),
+            ],
+        );
+        by_reason(
+            "comet_auth_refused_total",
+            "Requests refused for their credential, by reason.",
+            &[
+                ("missing", &self.auth_refused_missing),
+                ("invalid", &self.auth_refused_invalid),
+                ("expired", &self.auth_refused_expired),
+                ("forbidden", &self.auth_refused_forbidden),
             ],
         );
         out

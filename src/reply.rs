@@ -31,6 +31,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// `204 No Content`: no body, no content headers (RFC 9110 §15.3.5).
+    pub fn no_content() -> Reply {
+        Reply {
+            status: 204,
+            content_type: "",
+            cache_control: "no-store",
+            headers: Vec::new(),
+            body: Body::Static(b""),
+        }
+    }
+
     pub fn json(status: u16, body: Vec<u8>) -> Reply {
         Reply {
             status,
@@ -60,6 +71,7 @@ impl Reply {
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        204 => "No Content",
         304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -78,13 +90,25 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// `{"error":"..."}` with the error's status; a 405 also names the allowed methods.
+/// `{"error":"..."}` with the error's status, and the headers that go with it: `Allow` on a 405,
+/// `Retry-After` on a 503, `WWW-Authenticate` on a refused credential (RFC 6750 §3: a bare
+/// `Bearer` challenge when none was sent, `invalid_token` when it was refused,
+/// `insufficient_scope` when it does not cover the request).
 pub fn error_reply(e: &ApiError) -> Reply {
     let body = serde_json::json!({ "error": e.to_string() });
     let reply = Reply::json(e.status(), body.to_string().into_bytes());
     match e {
         ApiError::MethodNotAllowed { allow } => reply.header("Allow", (*allow).to_string()),
         ApiError::Unavailable => reply.header("Retry-After", "1".to_string()),
+        ApiError::MissingToken => reply.header("WWW-Authenticate", "Bearer".to_string()),
+        ApiError::InvalidToken(_) | ApiError::ExpiredToken => reply.header(
+            "WWW-Authenticate",
+            r#"Bearer error="invalid_token""#.to_string(),
+        ),
+        ApiError::NotGranted(_) => reply.header(
+            "WWW-Authenticate",
+            r#"Bearer error="insufficient_scope""#.to_string(),
+        ),
         _ => reply,
     }
 }

@@ -4,7 +4,6 @@
 //! [`Request`] and the routes read it.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,12 +27,14 @@ pub struct Request {
     /// The raw query string after `?` (not yet percent-decoded), or empty.
     pub query: String,
     pub authorization: Option<String>,
+    /// Every `Cookie` header, joined with `; `.
+    pub cookie: Option<String>,
+    /// The `Origin` header of a browser's cross-origin request (CORS).
+    pub origin: Option<String>,
     pub if_none_match: Option<String>,
     /// Where a reconnecting `EventSource` resumes.
     pub last_event_id: Option<String>,
     pub body: Vec<u8>,
-    /// The client's address, where the engine knows it.
-    pub peer: Option<IpAddr>,
     /// The waiter lane of the connection's socket (`QuoteBook::lane_of`): a held poll is woken on
     /// the may worker that also reads its socket. 0 where the engine does not tell.
     pub lane: usize,
@@ -63,8 +64,59 @@ impl Request {
             self.if_none_match = Some(value());
         } else if name.eq_ignore_ascii_case("last-event-id") {
             self.last_event_id = Some(value());
+        } else if name.eq_ignore_ascii_case("origin") {
+            self.origin = Some(value());
+        } else if name.eq_ignore_ascii_case("cookie") {
+            // HTTP/2 lets a proxy split cookies over several headers (RFC 9113 §8.2.3).
+            let v = value();
+            match &mut self.cookie {
+                Some(c) => {
+                    c.push_str("; ");
+                    c.push_str(&v);
+                }
+                None => self.cookie = Some(v),
+            }
         }
     }
+
+    /// The token of `Authorization: Bearer <token>`, if that is the header's scheme.
+    pub fn bearer(&self) -> Option<&str> {
+        bearer(self.authorization.as_deref()?)
+    }
+
+    /// A reader's token, from the first of these that is present (RFC 6750 §2): the
+    /// `Authorization: Bearer` header, the `access_token` query parameter (an `EventSource`
+    /// cannot set headers), the [`TOKEN_COOKIE`] cookie (`EventSource` with `withCredentials`).
+    pub fn read_token<'q>(&'q self, query: &'q Query<'_>) -> Option<&'q str> {
+        self.bearer()
+            .or_else(|| query.get("access_token").filter(|t| !t.is_empty()))
+            .or_else(|| cookie(self.cookie.as_deref()?, TOKEN_COOKIE))
+    }
+}
+
+/// The cookie a reader's token may come in.
+pub const TOKEN_COOKIE: &str = "comet_token";
+
+/// `Bearer <token>` -> the token (the scheme is case-insensitive, RFC 9110 §11.1); `None` for
+/// another scheme or an empty token.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`, RFC 6265 §4.2.1), without the
+/// optional double quotes; `None` if absent or empty.
+pub fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
+    header.split(';').find_map(|pair| {
+        let (n, v) = pair.split_once('=')?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        (n.trim() == name && !v.is_empty()).then_some(v)
+    })
 }
 
 /// A decoded query string; later duplicates of a key are ignored. Borrows from the request
@@ -286,6 +338,34 @@ mod tests {
         assert_eq!(q.get("x"), Some(""));
         assert_eq!(q.get("nope"), None);
         assert_eq!(Query::parse("a=%zz%4").get("a"), Some("%zz%4"));
+    }
+
+    #[test]
+    fn a_readers_token_comes_from_the_header_then_the_query_then_the_cookie() {
+        let mut req = Request::new("GET", "/api/poll?access_token=q&symbols=IBM");
+        req.set_header("Cookie", b"a=1; comet_token=c");
+        assert_eq!(req.read_token(&Query::parse(&req.query)), Some("q"));
+        req.set_header("Authorization", b"bearer   h ");
+        assert_eq!(req.read_token(&Query::parse(&req.query)), Some("h"));
+        let plain = Request::new("GET", "/x");
+        let mut with_cookie = plain.clone();
+        with_cookie.set_header("cookie", b"x=\"y\"");
+        with_cookie.set_header("cookie", b"comet_token=\"c2\"");
+        let empty = Query::parse("");
+        assert_eq!(with_cookie.read_token(&empty), Some("c2"));
+        assert_eq!(plain.read_token(&Query::parse("access_token=")), None);
+    }
+
+    #[test]
+    fn only_the_bearer_scheme_carries_a_token() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(cookie("comet_token=", "comet_token"), None);
+        assert_eq!(cookie("other=1", "comet_token"), None);
+        assert_eq!(cookie("xcomet_token=1", "comet_token"), None);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Routing: plain functions from a [`Request`] to a [`Response`], no sockets.
 //! A held request parks on the [`Hold`] the connection layer lends it; a stream is handed back
-//! to the connection layer to run (`stream`).
+//! to the connection layer to run (`stream`). Who may read and publish is `auth`'s to say, which
+//! pages on other origins may read is `cors`'s; both are applied here, in one place each.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::app::App;
 use crate::assets;
-use crate::book::{Answer, Symbol};
+use crate::book::Answer;
 use crate::error::ApiError;
+use crate::metrics::Reason;
 use crate::reply::{error_reply, Reply};
 use crate::request::{parse_cursor, parse_publish, parse_symbols, parse_timeout, Query, Request};
 use crate::sse;
@@ -26,14 +28,59 @@ pub enum Response<'a> {
 
 /// Answer one request. The only blocking route is `/api/poll`, which parks on `hold`; it takes
 /// the request by value so a held poll can drop it first (memory per held poll).
-pub fn handle<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Response<'a> {
-    let response = route(app, req, hold).unwrap_or_else(|e| Response::Reply(error_reply(&e)));
-    match &response {
+pub fn handle<'a>(app: &'a App, mut req: Request, hold: &dyn Hold) -> Response<'a> {
+    let origin = req.origin.take();
+    let api = req.path.starts_with("/api/");
+    let mut response = if api && req.method == "OPTIONS" {
+        Response::Reply(preflight(app, origin.as_deref()))
+    } else {
+        route(app, req, hold).unwrap_or_else(|e| Response::Reply(refuse(app, &e)))
+    };
+    match &mut response {
         Response::Reply(reply) => app.metrics.count_request(reply.status),
         Response::Stream(_) => app.metrics.count_request(200),
         Response::ClientGone => {}
     }
+    // Every /api/ answer, refusals included, so a page on a listed origin can read why.
+    if api {
+        let cors = app.config.cors_origins.answer_headers(origin.as_deref());
+        match &mut response {
+            Response::Reply(reply) => reply.headers.extend(cors),
+            Response::Stream(stream) => stream.headers.extend(cors),
+            Response::ClientGone => {}
+        }
+    }
     response
+}
+
+/// `OPTIONS` on `/api/`: a CORS preflight (or a plain OPTIONS), answered with what a page may
+/// send; `handle` adds the headers every `/api/` answer gets.
+fn preflight(app: &App, origin: Option<&str>) -> Reply {
+    let mut reply = Reply::no_content().header("Allow", "GET, HEAD, POST, OPTIONS".into());
+    reply
+        .headers
+        .extend(app.config.cors_origins.preflight_headers(origin));
+    reply
+}
+
+/// The reply to a refused request; a refused credential is counted by its reason.
+fn refuse(app: &App, e: &ApiError) -> Reply {
+    if let Some(reason) = e.auth_refusal() {
+        app.metrics.count_auth_refused(reason);
+    }
+    error_reply(e)
+}
+
+/// The microseconds since the Unix epoch: the clock JWTs' `exp` is on.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// When a token valid until `exp_us` (Unix µs) expires, on the monotonic clock waits use.
+fn expiry_instant(exp_us: u64) -> Instant {
+    Instant::now() + Duration::from_micros(exp_us.saturating_sub(now_micros()))
 }
 
 /// GET (or HEAD) only: a 405 naming them otherwise.
@@ -49,15 +96,39 @@ fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>
     match req.path.as_str() {
         "/api/poll" => {
             only_get(&req)?;
-            let (symbols, cursor, timeout) = poll_params(app, &req.query)?;
+            let q = Query::parse(&req.query);
+            let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
+            let cursor = parse_cursor(q.get("cursor"))?;
+            let timeout = parse_timeout(
+                q.get("timeout"),
+                app.config.poll_timeout,
+                app.config.max_poll_timeout,
+            )?;
+            let expires = app
+                .auth
+                .check_read(req.read_token(&q), &names, now_micros())?
+                .map(expiry_instant);
+            let symbols = app.book.resolve(&names)?;
             let lane = req.lane;
             // The request and its parsed query are freed before the poll parks: a held poll
             // keeps only what it waits with (measured: 8.94 -> 8.23 KB RSS per held poll).
+            drop(q);
             drop(req);
-            Ok(match app.book.poll(&symbols, cursor, timeout, lane, hold) {
-                Some(answer) => Response::Reply(answer_reply(answer)),
-                None => Response::ClientGone,
-            })
+            // A poll is never held past its token's expiry: it is answered 401 then.
+            let wait = match expires {
+                Some(at) => timeout.min(at.saturating_duration_since(Instant::now())),
+                None => timeout,
+            };
+            match app.book.poll(&symbols, cursor, wait, lane, hold) {
+                Some(a)
+                    if a.reason == Reason::Timeout
+                        && expires.is_some_and(|at| Instant::now() >= at) =>
+                {
+                    Err(ApiError::ExpiredToken)
+                }
+                Some(answer) => Ok(Response::Reply(answer_reply(answer))),
+                None => Ok(Response::ClientGone),
+            }
         }
         "/api/stream" => {
             if req.method != "GET" {
@@ -70,10 +141,16 @@ fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>
                 Some(id) => Some(sse::parse_last_event_id(id)?),
                 None => parse_cursor(q.get("cursor"))?,
             };
+            let expires = app
+                .auth
+                .check_read(req.read_token(&q), &names, now_micros())?
+                .map(expiry_instant);
             Ok(Response::Stream(Stream {
                 symbols: app.book.resolve(&names)?,
                 cursor,
                 lane: req.lane,
+                expires,
+                headers: Vec::new(),
             }))
         }
         path => route_reply(app, &req, path).map(Response::Reply),
@@ -99,10 +176,10 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
                 });
             }
             let q = Query::parse(&req.query);
-            let symbols = app.book.resolve(&parse_symbols(
-                q.get("symbols"),
-                app.config.max_symbols_per_request,
-            )?)?;
+            let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
+            app.auth
+                .check_read(req.read_token(&q), &names, now_micros())?;
+            let symbols = app.book.resolve(&names)?;
             Ok(answer_reply(app.book.snapshot(&symbols)))
         }
         "/metrics" => {
@@ -121,70 +198,19 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
     }
 }
 
-type PollParams<'a> = (Vec<&'a Symbol>, Option<u64>, Duration);
-
-/// The symbols, cursor and timeout of a `/api/poll` query.
-fn poll_params<'a>(app: &'a App, query: &str) -> Result<PollParams<'a>, ApiError> {
-    let q = Query::parse(query);
-    let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
-    let cursor = parse_cursor(q.get("cursor"))?;
-    let timeout = parse_timeout(
-        q.get("timeout"),
-        app.config.poll_timeout,
-        app.config.max_poll_timeout,
-    )?;
-    Ok((app.book.resolve(&names)?, cursor, timeout))
-}
-
 fn answer_reply(a: Answer) -> Reply {
     Reply::json(200, a.json)
 }
 
+/// `POST /api/quotes`: the credential first (an unauthenticated body is not even parsed), then
+/// the body, then whether the credential covers every symbol in it.
 fn publish(app: &App, req: &Request) -> Result<Reply, ApiError> {
-    authorize(
-        app.config.publish_token.as_deref(),
-        req.authorization.as_deref(),
-        req.peer,
-    )?;
+    let scope = app.auth.publisher(req.bearer(), now_micros())?;
     let updates = parse_publish(&req.body)?;
-    let seq = match &app.cluster {
-        // Through Redis: the change comes back to this node's book like every other node's.
-        Some(cluster) => cluster.publish(&updates)?,
-        None => app.book.publish_batch(&updates)?,
-    };
+    scope.check(updates.iter().map(|(s, _)| s.as_str()))?;
+    let seq = app.publish(&updates)?;
     Ok(Reply::json(
         200,
         serde_json::json!({ "seq": seq }).to_string().into_bytes(),
     ))
-}
-
-/// With a token configured, the request must carry it as a bearer token. Without one, only
-/// loopback clients may publish (an engine that cannot tell the peer is trusted as loopback only
-/// when it listens on loopback; see the server).
-pub fn authorize(
-    token: Option<&str>,
-    authorization: Option<&str>,
-    peer: Option<std::net::IpAddr>,
-) -> Result<(), ApiError> {
-    match token {
-        Some(token) => {
-            let given = authorization
-                .and_then(|h| {
-                    h.strip_prefix("Bearer ")
-                        .or_else(|| h.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-                Ok(())
-            } else {
-                Err(ApiError::Unauthorized)
-            }
-        }
-        None if peer.is_some_and(|p| p.is_loopback()) => Ok(()),
-        None => Err(ApiError::Forbidden),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::app::App;
+use crate::auth::Auth;
 use crate::book::QuoteBook;
 use crate::cluster::Cluster;
 use crate::config::{Config, Engine};
@@ -117,11 +118,18 @@ impl Server {
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
         let engine = config.engine;
+        let auth = Auth::new(
+            config.publish_token.clone(),
+            config.jwt.as_ref(),
+            config.public_symbols.clone(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let app = Arc::new(App {
             config,
             book,
             metrics,
             cluster,
+            auth,
         });
         match engine {
             Engine::Native => {

@@ -10,6 +10,10 @@ use crate::error::ApiError;
 /// A comment line: keeps proxies with an idle timeout from cutting a quiet stream.
 pub const HEARTBEAT: &[u8] = b":\n";
 
+/// The last event of a stream whose reader's token expired: an `expired` event, which an
+/// `EventSource`'s `onmessage` does not see, but `addEventListener("expired", ...)` does.
+pub const EXPIRED: &[u8] = b"event: expired\ndata: {\"error\":\"token expired\"}\n\n";
+
 /// What a stream starts with: how long a browser waits before it reconnects, and a comment, so
 /// that browsers and proxies see the stream open before the first event.
 pub fn preamble(retry: Duration, out: &mut Vec<u8>) {

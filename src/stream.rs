@@ -28,6 +28,10 @@ pub struct Stream<'a> {
     pub cursor: Option<u64>,
     /// The lane of the connection's socket (`QuoteBook::lane_of`).
     pub lane: usize,
+    /// When the reader's token expires: the stream ends then, with an `expired` event.
+    pub expires: Option<Instant>,
+    /// Headers the response head carries besides the stream's own (CORS).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// The connection a stream writes to, and parks on.
@@ -44,6 +48,8 @@ pub enum End {
     Slow,
     Lifetime,
     Shutdown,
+    /// The reader's token expired.
+    Expired,
 }
 
 /// When a stream ends: at a random moment in the last 10% of `max`, so that streams opened
@@ -76,6 +82,10 @@ pub fn serve(app: &App, s: Stream<'_>, head: Vec<u8>, io: &mut dyn StreamIo) -> 
         End::Slow => &m.streams_ended_slow,
         End::Lifetime => &m.streams_ended_lifetime,
         End::Shutdown => &m.streams_ended_shutdown,
+        End::Expired => {
+            m.count_auth_refused("expired");
+            &m.streams_ended_expired
+        }
     };
     counter.fetch_add(1, Ordering::Relaxed);
     end
@@ -104,7 +114,10 @@ fn run(app: &App, s: Stream<'_>, mut out: Vec<u8>, io: &mut dyn StreamIo) -> End
     out = Vec::new();
     let mut last_write = Instant::now();
     loop {
-        let deadline = (last_write + config.heartbeat).min(end_at);
+        let mut deadline = (last_write + config.heartbeat).min(end_at);
+        if let Some(exp) = s.expires {
+            deadline = deadline.min(exp);
+        }
         let waited = book.wait_since(&s.symbols, cursor, deadline, s.lane, io, &m.streams_waiting);
         match waited {
             Wait::Changed(a) => {
@@ -114,6 +127,12 @@ fn run(app: &App, s: Stream<'_>, mut out: Vec<u8>, io: &mut dyn StreamIo) -> End
                 cursor = a.cursor;
                 m.stream_events.fetch_add(1, Ordering::Relaxed);
                 m.delivered.fetch_add(a.quotes as u64, Ordering::Relaxed);
+            }
+            Wait::Timeout if s.expires.is_some_and(|exp| Instant::now() >= exp) => {
+                // The last event says why, so the client gets a fresh token before it comes
+                // back with its Last-Event-ID (a plain reconnect would be refused).
+                let _ = io.send(sse::EXPIRED);
+                return End::Expired;
             }
             Wait::Timeout if Instant::now() >= end_at => return End::Lifetime,
             Wait::Timeout => {

@@ -217,31 +217,15 @@ fn publish_with_a_token_needs_the_bearer_header() {
 #[test]
 fn publish_token_can_come_from_the_environment() {
     // Flags and env vars feed the same Config.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_comet-quotes"))
-        .args(["--listen", "127.0.0.1:0", "--no-feed"])
-        .env("COMET_PUBLISH_TOKEN", "from-env")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let s = TestServer::start_env(
+        &["--listen", "127.0.0.1:0", "--no-feed"],
+        &[("COMET_PUBLISH_TOKEN", "from-env")],
+    );
     let body = br#"{"symbol":"IBM","price":1}"#;
-    let status = |h: &[(&str, &str)]| request(addr, "POST", "/api/quotes", h, body).status;
+    let status = |h: &[(&str, &str)]| request(s.addr, "POST", "/api/quotes", h, body).status;
     assert_eq!(status(&[]), 401);
     assert_eq!(status(&[("Authorization", "Bearer from-env")]), 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(!s.stderr().contains("COMET_PUBLISH_TOKEN="));
 }
 
 #[test]

@@ -38,8 +38,12 @@ fn a_chunked_publish_is_decoded_and_applied() {
     let s = ibm_msft(&[]);
     let body = br#"{"symbol":"IBM","price":123.45}"#;
     // Split as a streaming client would, with a chunk extension and a trailer.
-    let mut wire =
-        b"POST /api/quotes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut wire = format!(
+        "POST /api/quotes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        common::PUBLISH_TOKEN
+    )
+    .into_bytes();
     wire.extend_from_slice(
         format!(
             "a;part=1\r\n{}\r\n",

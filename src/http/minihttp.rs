@@ -7,9 +7,6 @@
 //! and a held poll does not notice its client leaving.
 
 use std::io::{self, Read};
-use std::mem::ManuallyDrop;
-use std::net::IpAddr;
-use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -27,17 +24,7 @@ pub struct Factory(pub Arc<App>);
 
 pub struct Service {
     app: Arc<App>,
-    peer: Option<IpAddr>,
     lane: usize,
-}
-
-/// The client address of the connection whose raw fd may_minihttp hands us as the service id.
-fn peer_of_fd(fd: usize) -> Option<IpAddr> {
-    let fd = i32::try_from(fd).ok()?;
-    // SAFETY: `fd` is the accepted socket may_minihttp owns and keeps open while it creates this
-    // service; ManuallyDrop makes sure we never close it, we only ask for its peer address.
-    let stream = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-    stream.peer_addr().ok().map(|a| a.ip())
 }
 
 impl HttpServiceFactory for Factory {
@@ -46,7 +33,6 @@ impl HttpServiceFactory for Factory {
         Service {
             lane: self.0.book.lane_of(id),
             app: Arc::clone(&self.0),
-            peer: peer_of_fd(id),
         }
     }
 }
@@ -72,12 +58,24 @@ fn cache_line(cc: &str) -> &'static str {
     }
 }
 
-fn allow_line(allow: &str) -> Option<&'static str> {
-    match allow {
-        "GET, HEAD" => Some("Allow: GET, HEAD"),
-        "GET, HEAD, POST" => Some("Allow: GET, HEAD, POST"),
-        _ => None,
-    }
+/// The static header line for one of the routes' extra headers, where there is one. A CORS
+/// answer naming the page's origin has none: with this engine only `--cors-origins '*'` works.
+fn header_line(name: &str, value: &str) -> Option<&'static str> {
+    Some(match (name, value) {
+        ("Allow", "GET, HEAD") => "Allow: GET, HEAD",
+        ("Allow", "GET, HEAD, POST") => "Allow: GET, HEAD, POST",
+        ("Allow", "GET, HEAD, POST, OPTIONS") => "Allow: GET, HEAD, POST, OPTIONS",
+        ("Retry-After", "1") => "Retry-After: 1",
+        ("WWW-Authenticate", "Bearer") => "WWW-Authenticate: Bearer",
+        ("WWW-Authenticate", r#"Bearer error="invalid_token""#) => {
+            r#"WWW-Authenticate: Bearer error="invalid_token""#
+        }
+        ("WWW-Authenticate", r#"Bearer error="insufficient_scope""#) => {
+            r#"WWW-Authenticate: Bearer error="insufficient_scope""#
+        }
+        ("Access-Control-Allow-Origin", "*") => "Access-Control-Allow-Origin: *",
+        _ => return None,
+    })
 }
 
 impl Service {
@@ -85,7 +83,6 @@ impl Service {
     /// may_minihttp's own `body()` panics on a non-numeric one.
     fn request(&self, req: MiniRequest) -> Result<Request, ApiError> {
         let mut out = Request::new(req.method(), req.path());
-        out.peer = self.peer;
         out.lane = self.lane;
         let mut length = 0usize;
         for h in req.headers() {
@@ -141,10 +138,8 @@ impl may_minihttp::HttpService for Service {
         rsp.header(content_type_line(reply.content_type));
         rsp.header(cache_line(reply.cache_control));
         for (name, value) in &reply.headers {
-            if *name == "Allow" {
-                if let Some(line) = allow_line(value) {
-                    rsp.header(line);
-                }
+            if let Some(line) = header_line(name, value) {
+                rsp.header(line);
             }
         }
         if !head_only && reply.status != 304 {

@@ -8,7 +8,6 @@
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -222,7 +221,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
             drained: &mut drained,
             watch: &watch,
         };
-        match reader.next_request(peer, app.config.max_body, &sweeper) {
+        match reader.next_request(app.config.max_body, &sweeper) {
             Ok(Some((mut req, keep_alive))) => {
                 req.lane = lane;
                 if buf.is_empty() {
@@ -240,7 +239,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                     }
                     Response::Stream(s) => {
                         let mut head = Vec::with_capacity(512);
-                        protocol::stream_head(&date::now(), &mut head);
+                        protocol::stream_head(&date::now(), &s.headers, &mut head);
                         stream::serve(&app, s, head, &mut conn);
                         false // the stream's body ends when the connection closes
                     }
@@ -560,7 +559,6 @@ impl Reader<'_> {
     /// out.
     fn next_request(
         &mut self,
-        peer: Option<IpAddr>,
         max_body: usize,
         sweeper: &Sweeper,
     ) -> Result<Option<(Request, bool)>, ApiError> {
@@ -573,7 +571,7 @@ impl Reader<'_> {
         w.arriving_since.store(w.elapsed_ms(), Ordering::Release);
         let mut armed = false;
         let head = loop {
-            if let Some(head) = parse_head(self.buf, peer, max_body)? {
+            if let Some(head) = parse_head(self.buf, max_body)? {
                 break head;
             }
             if !self.fill_request(sweeper, &mut armed)? {

@@ -3,7 +3,6 @@
 //! the reading and writing.
 
 use std::io::Write as _;
-use std::net::IpAddr;
 
 use crate::error::ApiError;
 use crate::reply::{reason_phrase, Reply};
@@ -31,11 +30,7 @@ pub struct Head {
 }
 
 /// Parse a complete request head from `buf`, or `Ok(None)` if more bytes are needed.
-pub fn parse_head(
-    buf: &[u8],
-    peer: Option<IpAddr>,
-    max_body: usize,
-) -> Result<Option<Head>, ApiError> {
+pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError> {
     // On the heap, not the coroutine stack (every stack page a request ever touches stays
     // resident while its poll is held), and sized by the head's line count rather than for the
     // 64-header worst case (2 KiB), so the allocation stays small and cheap.
@@ -69,7 +64,6 @@ pub fn parse_head(
         return Err(ApiError::BadRequest("incomplete request line".into()));
     };
     let mut req = Request::new(method, target);
-    req.peer = peer;
     let http11 = parsed.version == Some(1);
     let mut keep_alive = http11;
     let mut content_length: Option<usize> = None;
@@ -201,16 +195,22 @@ pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>
 
 /// The head of a reply with a body of `body_len` bytes: status line, headers, blank line.
 /// `date` is the `Date` header's value ([`crate::http::date`]).
+/// A 204 has no content headers at all (RFC 9110 §8.6: no Content-Length).
 pub fn reply_head(reply: &Reply, body_len: usize, keep_alive: bool, date: &str, out: &mut Vec<u8>) {
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nServer: comet-quotes\r\nDate: {date}\r\nContent-Type: {}\r\nCache-Control: {}\r\nContent-Length: {}\r\n",
+        "HTTP/1.1 {} {}\r\nServer: comet-quotes\r\nDate: {date}\r\nCache-Control: {}\r\n",
         reply.status,
         reason_phrase(reply.status),
-        reply.content_type,
         reply.cache_control,
-        body_len
     );
+    if reply.status != 204 {
+        let _ = write!(
+            out,
+            "Content-Type: {}\r\nContent-Length: {body_len}\r\n",
+            reply.content_type
+        );
+    }
     for (name, value) in &reply.headers {
         let _ = write!(out, "{name}: {value}\r\n");
     }
@@ -220,14 +220,19 @@ pub fn reply_head(reply: &Reply, body_len: usize, keep_alive: bool, date: &str, 
     out.extend_from_slice(b"\r\n");
 }
 
-/// The head of a Server-Sent Events stream. The body runs until the server closes the
-/// connection (no length, no chunks); `X-Accel-Buffering: no` tells nginx not to buffer it.
-pub fn stream_head(date: &str, out: &mut Vec<u8>) {
+/// The head of a Server-Sent Events stream, with `headers` (CORS) added. The body runs until the
+/// server closes the connection (no length, no chunks); `X-Accel-Buffering: no` tells nginx not
+/// to buffer it.
+pub fn stream_head(date: &str, headers: &[(&'static str, String)], out: &mut Vec<u8>) {
     let _ = write!(
         out,
         "HTTP/1.1 200 OK\r\nServer: comet-quotes\r\nDate: {date}\r\nContent-Type: text/event-stream\r\n\
-         Cache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+         Cache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n"
     );
+    for (name, value) in headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -235,7 +240,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> Result<Option<Head>, ApiError> {
-        parse_head(raw.as_bytes(), None, 100)
+        parse_head(raw.as_bytes(), 100)
     }
 
     #[test]
@@ -361,14 +366,27 @@ mod tests {
     }
 
     #[test]
+    fn a_204_has_no_content_headers() {
+        let mut out = Vec::new();
+        reply_head(&Reply::no_content(), 0, true, "d", &mut out);
+        let text = String::from_utf8(out).unwrap().to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 204 no content\r\n"));
+        assert!(!text.contains("content-length") && !text.contains("content-type"));
+    }
+
+    #[test]
     fn stream_head_has_no_length_and_says_event_stream() {
         let mut out = Vec::new();
-        stream_head("Sun, 06 Nov 1994 08:49:37 GMT", &mut out);
+        stream_head(
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            &[("Vary", "Origin".into())],
+            &mut out,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Type: text/event-stream\r\n"));
         assert!(text.contains("X-Accel-Buffering: no\r\n"));
         assert!(!text.to_ascii_lowercase().contains("content-length"));
-        assert!(text.ends_with("\r\n\r\n"));
+        assert!(text.ends_with("Vary: Origin\r\n\r\n"));
     }
 
     #[test]

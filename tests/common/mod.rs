@@ -4,36 +4,75 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod jwt;
 pub mod sse;
+
+/// The publish token `TestServer::start` gives a server unless the test names its own.
+pub const PUBLISH_TOKEN: &str = "test-publish-token";
 
 /// A server process started for one test; killed when dropped.
 pub struct TestServer {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The `--publish-token` it was started with: `post` and `publish` send it.
+    pub publish_token: Option<String>,
+    /// Everything it wrote to stderr so far (also echoed to the test's stderr).
+    stderr: Arc<Mutex<String>>,
 }
 
 impl TestServer {
-    /// Start `comet-quotes --listen 127.0.0.1:0 --no-feed --seed 1 <extra>` and wait until it
-    /// answers. The random feed is off so prices change only when a test publishes.
+    /// Start `comet-quotes --listen 127.0.0.1:0 --no-feed --seed 1 --publish-token
+    /// test-publish-token <extra>` and wait until it answers. The random feed is off so prices
+    /// change only when a test publishes; `extra` may name another `--publish-token`.
     pub fn start(extra: &[&str]) -> TestServer {
         let mut args = vec!["--listen", "127.0.0.1:0", "--no-feed", "--seed", "1"];
+        if !extra.contains(&"--publish-token") {
+            args.extend_from_slice(&["--publish-token", PUBLISH_TOKEN]);
+        }
         args.extend_from_slice(extra);
         Self::start_raw(&args)
     }
 
     /// Start with exactly these arguments (must include a `--listen`).
     pub fn start_raw(args: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_comet-quotes"))
-            .args(args)
+        Self::start_env(args, &[("RUST_LOG", "warn")])
+    }
+
+    /// Start with exactly these arguments and environment variables, and wait until it answers.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let server = Self::spawn(args, env);
+        server.wait_until_ready();
+        server
+    }
+
+    /// Start with exactly these arguments and environment variables; return once it listens,
+    /// without waiting for it to answer.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comet-quotes"));
+        cmd.args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn comet-quotes");
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn comet-quotes");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
         // The server prints its address once it is bound; read that line.
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
@@ -46,12 +85,41 @@ impl TestServer {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let server = TestServer { child, addr };
-        server.wait_until_ready();
-        server
+        let publish_token = args
+            .iter()
+            .position(|a| *a == "--publish-token")
+            .and_then(|i| args.get(i + 1))
+            .map(|t| t.to_string());
+        TestServer {
+            child,
+            addr,
+            publish_token,
+            stderr,
+        }
     }
 
-    fn wait_until_ready(&self) {
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait (bounded) until the server's stderr contains `text`; returns all of it.
+    pub fn wait_for_stderr(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let all = self.stderr();
+            if all.contains(text) {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not on stderr after {within:?}; it has:\n{all}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(r) = try_request(self.addr, "GET", "/api/symbols", &[], b"") {
@@ -72,8 +140,12 @@ impl TestServer {
         request(self.addr, "GET", path, &[], b"")
     }
 
+    /// POST with the server's publish token, if it has one.
     pub fn post(&self, path: &str, body: &str) -> Response {
-        request(self.addr, "POST", path, &[], body.as_bytes())
+        let auth = self.publish_token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        request(self.addr, "POST", path, &headers, body.as_bytes())
     }
 
     /// Open a connection and send `GET /api/poll?{query}` on it (with `Connection: close`);

@@ -11,7 +11,15 @@ use serde_json::Value;
 /// One dispatched event, or a comment line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    Event { id: Option<u64>, data: Value },
+    Event {
+        id: Option<u64>,
+        data: Value,
+    },
+    /// An event with an `event:` type other than `message` (e.g. `expired`).
+    Named {
+        event: String,
+        data: Value,
+    },
     Comment(String),
     Retry(u64),
 }
@@ -87,6 +95,7 @@ impl SseClient {
     /// The next item; `None` when the server closed the stream.
     pub fn next(&mut self) -> Option<Item> {
         let mut id = None;
+        let mut event: Option<String> = None;
         let mut data: Option<String> = None;
         let mut line = String::new();
         loop {
@@ -98,7 +107,10 @@ impl SseClient {
             if l.is_empty() {
                 if let Some(d) = data.take() {
                     let data = serde_json::from_str(&d).expect("event data is JSON");
-                    return Some(Item::Event { id, data });
+                    return Some(match event.take().filter(|e| e != "message") {
+                        Some(event) => Item::Named { event, data },
+                        None => Item::Event { id, data },
+                    });
                 }
                 continue;
             }
@@ -109,6 +121,7 @@ impl SseClient {
             let value = value.strip_prefix(' ').unwrap_or(value);
             match field {
                 "id" => id = value.parse().ok(),
+                "event" => event = Some(value.to_string()),
                 "data" => {
                     let d = data.get_or_insert_with(String::new);
                     if !d.is_empty() {

@@ -1,0 +1,616 @@
+//! Who may read and publish which symbols: the publish token, JSON Web Tokens (HS256, RS256,
+//! ES256) with their grants, and a cache so that a long-poll, which presents its token at every
+//! poll, has it verified once rather than at every poll.
+//!
+//! # The rules
+//! - Publishing always needs a credential: the publish token, or a JWT whose `publish` claim
+//!   names every symbol published. Only `Authorization: Bearer` carries it: a cookie would let any
+//!   page a browser visits publish with its user's cookie (cross-site request forgery), and a
+//!   query parameter ends up in logs. No peer address and no header but `Authorization` counts:
+//!   behind a proxy every peer is local, and `X-Forwarded-For` is whatever the client says.
+//! - With a JWT key configured, reading (snapshots, polls, streams) needs a token whose `symbols`
+//!   claim names every requested symbol, except the `--public-symbols`. Without a key, every
+//!   symbol is public.
+//! - `exp` is required, and checked here to the microsecond (not by the JWT library, which allows
+//!   60 s of leeway and treats the expiry second itself as valid): a held poll or stream ends
+//!   when its token does.
+//!
+//! Everything here is a plain function of its inputs, the clock passed in: unit-tested without
+//! sockets.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::names::normalize_symbol;
+
+/// Longest token accepted. A JWT with a few hundred granted symbols is a few KiB; anything longer
+/// is refused before it is decoded.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Most symbols one claim may name.
+const MAX_CLAIM_SYMBOLS: usize = 4096;
+/// Verified tokens kept, over all shards. A held poll's token stays cached while it polls.
+const CACHE_ENTRIES: usize = 64 * 1024;
+const CACHE_SHARDS: usize = 16;
+
+/// The key JWTs are verified with (`--jwt-secret` or `--jwt-public-key`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// HMAC-SHA256 with a shared secret.
+    Hs256(Vec<u8>),
+    /// RSA PKCS#1 v1.5 with SHA-256; the PEM of the public key.
+    Rs256(Vec<u8>),
+    /// ECDSA on P-256 with SHA-256; the PEM of the public key.
+    Es256(Vec<u8>),
+}
+
+impl fmt::Debug for JwtKey {
+    // Never print a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JwtKey::Hs256(_) => "Hs256(<secret>)",
+            JwtKey::Rs256(_) => "Rs256(<public key>)",
+            JwtKey::Es256(_) => "Es256(<public key>)",
+        })
+    }
+}
+
+/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key of at least the hash's size.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl JwtKey {
+    /// An HS256 secret of at least [`MIN_SECRET_LEN`] bytes.
+    pub fn secret(secret: &str) -> Result<JwtKey, String> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "must be at least {MIN_SECRET_LEN} bytes (RFC 7518 §3.2), got {}",
+                secret.len()
+            ));
+        }
+        Ok(JwtKey::Hs256(secret.as_bytes().to_vec()))
+    }
+
+    /// A public key in PEM form: RSA (RS256) or EC P-256 (ES256), told apart by its contents.
+    pub fn from_pem(pem: &[u8]) -> Result<JwtKey, String> {
+        if DecodingKey::from_rsa_pem(pem).is_ok() {
+            return Ok(JwtKey::Rs256(pem.to_vec()));
+        }
+        if DecodingKey::from_ec_pem(pem).is_ok() {
+            return Ok(JwtKey::Es256(pem.to_vec()));
+        }
+        Err("not an RSA or EC public key in PEM form (-----BEGIN PUBLIC KEY-----)".into())
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            JwtKey::Hs256(_) => Algorithm::HS256,
+            JwtKey::Rs256(_) => Algorithm::RS256,
+            JwtKey::Es256(_) => Algorithm::ES256,
+        }
+    }
+
+    fn decoding_key(&self) -> Result<DecodingKey, String> {
+        let key = match self {
+            JwtKey::Hs256(secret) => DecodingKey::from_secret(secret),
+            JwtKey::Rs256(pem) => DecodingKey::from_rsa_pem(pem),
+            JwtKey::Es256(pem) => DecodingKey::from_ec_pem(pem),
+        };
+        key.map_err(|e| e.to_string())
+    }
+}
+
+/// A set of symbols: what a token grants, or which symbols are public.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// No symbol.
+    #[default]
+    Nothing,
+    /// Every symbol (`"*"`).
+    All,
+    /// These (normalized) symbols.
+    Only(Box<[Box<str>]>),
+}
+
+impl Scope {
+    /// `*` or a comma-separated list of symbol names (as `--public-symbols` takes them).
+    pub fn parse_list(text: &str) -> Result<Scope, String> {
+        let names: Vec<&str> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if names == ["*"] {
+            return Ok(Scope::All);
+        }
+        Scope::of_names(names.iter().copied()).map_err(|e| e.to_string())
+    }
+
+    fn of_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<Scope, ApiError> {
+        let mut out: Vec<Box<str>> = Vec::new();
+        for name in names {
+            let name = normalize_symbol(name)?;
+            if !out.iter().any(|n| **n == *name) {
+                out.push(name.into());
+            }
+        }
+        Ok(if out.is_empty() {
+            Scope::Nothing
+        } else {
+            Scope::Only(out.into())
+        })
+    }
+
+    pub fn allows(&self, symbol: &str) -> bool {
+        match self {
+            Scope::Nothing => false,
+            Scope::All => true,
+            Scope::Only(names) => names.iter().any(|n| **n == *symbol),
+        }
+    }
+
+    /// Every one of `symbols` this scope does not allow, or `NotGranted` naming them.
+    pub fn check<'a>(&self, symbols: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
+        let refused: Vec<String> = symbols
+            .filter(|s| !self.allows(s))
+            .map(str::to_string)
+            .collect();
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::NotGranted(refused))
+        }
+    }
+}
+
+/// What a verified token grants, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// `exp`, in microseconds since the Unix epoch.
+    pub exp_us: u64,
+    /// The `symbols` claim: what the bearer may read.
+    pub read: Scope,
+    /// The `publish` claim: what the bearer may publish.
+    pub publish: Scope,
+    /// The `sub` claim, for logs.
+    pub sub: Option<String>,
+}
+
+/// A `symbols` or `publish` claim as it comes: `"*"` or an array of names.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClaimScope {
+    Star(String),
+    Names(Vec<String>),
+}
+
+impl ClaimScope {
+    fn into_scope(self, claim: &str) -> Result<Scope, ApiError> {
+        let bad = |why: &str| ApiError::InvalidToken(format!("the {claim} claim {why}"));
+        match self {
+            ClaimScope::Star(s) if s == "*" => Ok(Scope::All),
+            ClaimScope::Star(_) => Err(bad("must be \"*\" or an array of symbols")),
+            ClaimScope::Names(names) if names.len() > MAX_CLAIM_SYMBOLS => {
+                Err(bad(&format!("names more than {MAX_CLAIM_SYMBOLS} symbols")))
+            }
+            ClaimScope::Names(names) => Scope::of_names(names.iter().map(String::as_str))
+                .map_err(|_| bad("names a malformed symbol")),
+        }
+    }
+}
+
+/// The claims this server reads; others are ignored.
+#[derive(Deserialize)]
+struct Claims {
+    exp: f64,
+    #[serde(default)]
+    symbols: Option<ClaimScope>,
+    #[serde(default)]
+    publish: Option<ClaimScope>,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+/// Verifies JWTs signed with one key and algorithm.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(key: &JwtKey) -> Result<Verifier, String> {
+        // Only the configured key's algorithm: a token naming another one (`none`, or HS256
+        // signed with an RSA public key as its secret) is refused before any signature check.
+        let mut validation = Validation::new(key.algorithm());
+        // `exp` must be there; its time is checked by `grant` (module doc). No audience is
+        // configured, so none is checked.
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        Ok(Verifier {
+            key: key.decoding_key()?,
+            validation,
+        })
+    }
+
+    /// Check the signature and shape of `token` and read its grant. The expiry is not checked
+    /// here (see [`Grant::check_time`]).
+    pub fn verify(&self, token: &str) -> Result<Grant, ApiError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(ApiError::InvalidToken(format!(
+                "longer than {MAX_TOKEN_LEN} bytes"
+            )));
+        }
+        // A JWS in compact form is three base64url segments; anything else is not looked at
+        // further (the library would say the same, less clearly).
+        let segments = token.split('.').count();
+        if segments != 3
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(ApiError::InvalidToken(
+                "not a JWT (three base64url segments)".into(),
+            ));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| ApiError::InvalidToken(e.to_string()))?;
+        let claims = data.claims;
+        if !(claims.exp.is_finite() && claims.exp > 0.0) {
+            return Err(ApiError::InvalidToken(
+                "exp must be a positive number of seconds".into(),
+            ));
+        }
+        let scope = |claim: Option<ClaimScope>, name| {
+            claim.map_or(Ok(Scope::Nothing), |c| c.into_scope(name))
+        };
+        Ok(Grant {
+            // Saturating: an exp beyond year 586,000 is just "never".
+            exp_us: (claims.exp * 1e6).min(u64::MAX as f64) as u64,
+            read: scope(claims.symbols, "symbols")?,
+            publish: scope(claims.publish, "publish")?,
+            sub: claims.sub.map(|s| s.chars().take(128).collect()),
+        })
+    }
+}
+
+impl Grant {
+    /// `ExpiredToken` from `exp` on (RFC 7519 §4.1.4: valid only *before* it).
+    pub fn check_time(&self, now_us: u64) -> Result<(), ApiError> {
+        if now_us >= self.exp_us {
+            Err(ApiError::ExpiredToken)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Verified tokens by their text. Sharded so that polls on many workers rarely meet on one
+/// lock; each shard is bounded, and cleared of expired grants (or wholesale) when full.
+///
+/// Why a cache: a long-poll presents the same token at every poll, and an RS256 check costs
+/// tens of µs, more than the rest of a poll. Only good signatures are kept, so a flood of bad
+/// tokens costs a check each but cannot push the good ones out faster than it could anyway.
+struct TokenCache {
+    hasher: RandomState,
+    shards: Box<[Shard]>,
+}
+
+/// One shard of the cache: token text -> its grant.
+type Shard = may::sync::RwLock<HashMap<Box<str>, Arc<Grant>>>;
+
+impl TokenCache {
+    fn new() -> TokenCache {
+        TokenCache {
+            hasher: RandomState::new(),
+            shards: (0..CACHE_SHARDS)
+                .map(|_| may::sync::RwLock::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &Shard {
+        let i = self.hasher.hash_one(token) as usize % self.shards.len();
+        &self.shards[i]
+    }
+
+    fn get(&self, token: &str) -> Option<Arc<Grant>> {
+        let shard = self.shard(token).read().unwrap_or_else(|e| e.into_inner());
+        shard.get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, grant: Arc<Grant>, now_us: u64) {
+        let mut shard = self.shard(token).write().unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= CACHE_ENTRIES / CACHE_SHARDS {
+            shard.retain(|_, g| g.exp_us > now_us);
+            if shard.len() >= CACHE_ENTRIES / CACHE_SHARDS {
+                shard.clear();
+            }
+        }
+        shard.insert(token.into(), grant);
+    }
+}
+
+/// The credentials this server accepts, and its cache of verified tokens.
+pub struct Auth {
+    /// `--publish-token`, or the one made at start when nothing was configured.
+    publish_token: Option<String>,
+    verifier: Option<Verifier>,
+    /// `--public-symbols`: readable without a token.
+    public: Scope,
+    cache: TokenCache,
+}
+
+/// `a == b` in time that depends on the lengths only, not on where they first differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Auth {
+    pub fn new(
+        publish_token: Option<String>,
+        jwt: Option<&JwtKey>,
+        public: Scope,
+    ) -> Result<Auth, String> {
+        Ok(Auth {
+            publish_token,
+            verifier: jwt.map(Verifier::new).transpose()?,
+            public,
+            cache: TokenCache::new(),
+        })
+    }
+
+    /// Whether reading needs tokens at all (a JWT key is configured).
+    pub fn guards_reads(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// The grant of a token, verified once and then taken from the cache; refused when expired.
+    pub fn grant(&self, token: &str, now_us: u64) -> Result<Arc<Grant>, ApiError> {
+        let Some(verifier) = &self.verifier else {
+            return Err(ApiError::InvalidToken(
+                "this server accepts no JWTs (no --jwt-secret or --jwt-public-key)".into(),
+            ));
+        };
+        let grant = match self.cache.get(token) {
+            Some(grant) => grant,
+            None => {
+                let grant = Arc::new(verifier.verify(token)?);
+                if grant.exp_us > now_us {
+                    self.cache.insert(token, Arc::clone(&grant), now_us);
+                }
+                grant
+            }
+        };
+        grant.check_time(now_us)?;
+        Ok(grant)
+    }
+
+    /// May the bearer of `token` read `symbols` (normalized)? `Ok(None)`: they are all public,
+    /// no token needed; `Ok(Some(exp_us))`: yes, until the token expires.
+    pub fn check_read(
+        &self,
+        token: Option<&str>,
+        symbols: &[String],
+        now_us: u64,
+    ) -> Result<Option<u64>, ApiError> {
+        if !self.guards_reads() || symbols.iter().all(|s| self.public.allows(s)) {
+            return Ok(None);
+        }
+        let grant = self.grant(token.ok_or(ApiError::MissingToken)?, now_us)?;
+        let guarded = symbols.iter().filter(|s| !self.public.allows(s));
+        if let Err(e) = grant.read.check(guarded.map(String::as_str)) {
+            if let Some(sub) = &grant.sub {
+                log::debug!("{sub} may not read: {e}");
+            }
+            return Err(e);
+        }
+        Ok(Some(grant.exp_us))
+    }
+
+    /// What the bearer of `bearer` (the `Authorization: Bearer` token) may publish: everything
+    /// with the publish token, its `publish` claim with a JWT.
+    pub fn publisher(&self, bearer: Option<&str>, now_us: u64) -> Result<Scope, ApiError> {
+        let token = bearer.ok_or(ApiError::MissingToken)?;
+        if let Some(expected) = &self.publish_token {
+            if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+                return Ok(Scope::All);
+            }
+        }
+        if self.verifier.is_none() {
+            return Err(ApiError::InvalidToken("not the publish token".into()));
+        }
+        let grant = self.grant(token, now_us)?;
+        if let Some(sub) = &grant.sub {
+            log::debug!("publishing as {sub}");
+        }
+        Ok(grant.publish.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_800_000_000_000_000;
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn auth(public: &str) -> Auth {
+        let key = JwtKey::secret(SECRET).unwrap();
+        Auth::new(
+            Some("pt".into()),
+            Some(&key),
+            Scope::parse_list(public).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    const EXP: u64 = NOW / 1_000_000 + 60;
+
+    #[test]
+    fn a_token_grants_what_its_symbols_claim_names_until_exp() {
+        let a = auth("");
+        let t = token(json!({"exp": EXP, "symbols": ["ibm", "MSFT"], "sub": "alice"}));
+        assert_eq!(
+            a.check_read(Some(&t), &names(&["IBM"]), NOW),
+            Ok(Some(EXP * 1_000_000))
+        );
+        assert_eq!(
+            a.check_read(Some(&t), &names(&["IBM", "AAPL", "KO"]), NOW),
+            Err(ApiError::NotGranted(names(&["AAPL", "KO"])))
+        );
+        assert_eq!(
+            a.check_read(Some(&t), &names(&["IBM"]), EXP * 1_000_000),
+            Err(ApiError::ExpiredToken)
+        );
+        let all = token(json!({"exp": EXP, "symbols": "*"}));
+        assert!(a.check_read(Some(&all), &names(&["ZZZ"]), NOW).is_ok());
+    }
+
+    #[test]
+    fn public_symbols_need_no_token_and_the_rest_still_do() {
+        let a = auth("IBM");
+        assert_eq!(a.check_read(None, &names(&["IBM"]), NOW), Ok(None));
+        assert_eq!(
+            a.check_read(None, &names(&["IBM", "MSFT"]), NOW),
+            Err(ApiError::MissingToken)
+        );
+        let t = token(json!({"exp": EXP, "symbols": ["MSFT"]}));
+        assert!(a
+            .check_read(Some(&t), &names(&["IBM", "MSFT"]), NOW)
+            .is_ok());
+        assert_eq!(auth("*").check_read(None, &names(&["X"]), NOW), Ok(None));
+        // Without a JWT key nothing is guarded.
+        let open = Auth::new(None, None, Scope::Nothing).unwrap();
+        assert_eq!(open.check_read(None, &names(&["X"]), NOW), Ok(None));
+    }
+
+    #[test]
+    fn publishing_takes_the_publish_token_or_a_publish_claim() {
+        let a = auth("");
+        assert_eq!(a.publisher(Some("pt"), NOW), Ok(Scope::All));
+        assert_eq!(a.publisher(None, NOW), Err(ApiError::MissingToken));
+        assert!(matches!(
+            a.publisher(Some("nope"), NOW),
+            Err(ApiError::InvalidToken(_))
+        ));
+        let reader = token(json!({"exp": EXP, "symbols": "*"}));
+        let scope = a.publisher(Some(&reader), NOW).unwrap();
+        assert_eq!(
+            scope.check(["IBM"].into_iter()),
+            Err(ApiError::NotGranted(names(&["IBM"])))
+        );
+        let writer = token(json!({"exp": EXP, "publish": ["IBM"]}));
+        let scope = a.publisher(Some(&writer), NOW).unwrap();
+        assert!(scope.check(["IBM"].into_iter()).is_ok());
+        // Without a JWT key only the publish token counts.
+        let plain = Auth::new(Some("pt".into()), None, Scope::Nothing).unwrap();
+        assert!(matches!(
+            plain.publisher(Some(&writer), NOW),
+            Err(ApiError::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_tokens_are_invalid_not_panics() {
+        let a = auth("");
+        let good = token(json!({"exp": EXP, "symbols": "*"}));
+        let (h, rest) = good.split_once('.').unwrap();
+        let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
+        let cases = [
+            String::new(),
+            "a".into(),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            "!!!.???.***".into(),
+            format!("{none_header}.{}.", rest.split('.').next().unwrap()),
+            format!("{}.{rest}", "A".repeat(10_000)),
+            format!("{h}.{rest}x"),
+            token(json!({"symbols": "*"})),                // no exp
+            token(json!({"exp": "soon", "symbols": "*"})), // exp not a number
+            token(json!({"exp": EXP, "symbols": "IBM"})),  // a string other than *
+            token(json!({"exp": EXP, "symbols": ["A B"]})),
+            token(json!({"exp": -5, "symbols": "*"})),
+        ];
+        for t in cases {
+            let r = a.check_read(Some(&t), &names(&["IBM"]), NOW);
+            assert!(matches!(r, Err(ApiError::InvalidToken(_))), "{t:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_or_algorithm_is_invalid() {
+        let a = auth("");
+        let other = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"exp": EXP, "symbols": "*"}),
+            &EncodingKey::from_secret(b"another secret of thirty-two bytes!!").unwrap(),
+        )
+        .unwrap();
+        let hs384 = encode(
+            &Header::new(Algorithm::HS384),
+            &json!({"exp": EXP, "symbols": "*"}),
+            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        for t in [other, hs384] {
+            assert!(matches!(
+                a.check_read(Some(&t), &names(&["IBM"]), NOW),
+                Err(ApiError::InvalidToken(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_cached_grant_still_expires() {
+        let a = auth("");
+        let t = token(json!({"exp": EXP, "symbols": "*"}));
+        assert!(a.check_read(Some(&t), &names(&["IBM"]), NOW).is_ok());
+        assert!(a.cache.get(&t).is_some());
+        assert_eq!(
+            a.check_read(Some(&t), &names(&["IBM"]), EXP * 1_000_000 + 1),
+            Err(ApiError::ExpiredToken)
+        );
+    }
+
+    #[test]
+    fn secrets_must_be_long_enough_and_never_print() {
+        assert!(JwtKey::secret("short").is_err());
+        let k = JwtKey::secret(SECRET).unwrap();
+        assert!(!format!("{k:?}").contains(SECRET));
+        assert!(
+            JwtKey::from_pem(b"-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn scopes_parse_star_and_lists() {
+        assert_eq!(Scope::parse_list("*"), Ok(Scope::All));
+        assert_eq!(Scope::parse_list(""), Ok(Scope::Nothing));
+        let s = Scope::parse_list("ibm, msft,IBM").unwrap();
+        assert!(s.allows("IBM") && s.allows("MSFT") && !s.allows("KO"));
+        assert!(Scope::parse_list("A B").is_err());
+    }
+}
