@@ -13,6 +13,7 @@
   const MEDIAN_WINDOW = 100; // live updates the footer's median delay is taken over
   const DEFAULT_COUNT = 6; // symbols shown when neither the URL nor localStorage names any
   const STORAGE_KEY = "comet-quotes:symbols";
+  const TOKEN_KEY = "comet-quotes:token"; // the reader's token (JWT), when the server wants one
   const REQUEST_TIMEOUT_MS = 15000; // snapshot and symbol list: answered at once by the server
   // A poll waits at most 60 s on the server (its cap). With no answer well after that the connection is
   // presumed dead (half-open TCP, a laptop waking from sleep) and is dropped and retried.
@@ -58,6 +59,9 @@
   let fellBack = false;
   let streamDelivered = false; // some stream of this page delivered an event: streaming works here
 
+  // The token, from ?access_token= (then kept in localStorage, as the watch list is) or from localStorage.
+  let token = initialToken();
+
   const conn = { state: "connecting", retryAt: 0, detail: "" };
   const stats = { polls: 0, updates: 0, delays: [] };
 
@@ -72,6 +76,30 @@
       super(message);
       this.name = "HttpError";
       this.status = status;
+    }
+  }
+
+  // 401 and 403: the token is missing, expired or does not grant these symbols. Retrying cannot help until
+  // the token changes (see the storage listener in init).
+  function isRefused(err) {
+    return err instanceof HttpError && (err.status === 401 || err.status === 403);
+  }
+
+  // Stops following and says why: "not authorized" is a state of its own, not a network failure.
+  function refused(detail) {
+    if (cycle) cycle.abort();
+    cycle = null;
+    setConn("unauthorized", detail);
+    showMessage(`Not authorized: ${detail}. Open the page with ?access_token=<token> to follow these symbols.`, "error");
+  }
+
+  function initialToken() {
+    const fromUrl = new URLSearchParams(location.search).get("access_token");
+    try {
+      if (fromUrl) localStorage.setItem(TOKEN_KEY, fromUrl);
+      return fromUrl || localStorage.getItem(TOKEN_KEY) || "";
+    } catch (_) {
+      return fromUrl || ""; // storage off: the URL still has it
     }
   }
 
@@ -99,7 +127,9 @@
         // No `cache` option: the server already answers JSON with Cache-Control: no-store, and
         // cache: "no-store" makes Chromium add Pragma and Cache-Control headers to every poll,
         // which put a poll with one cookie at may_minihttp's 16-header limit (measured).
-        res = await fetch(path, { signal: ctl.signal, headers: { Accept: "application/json" } });
+        const headers = { Accept: "application/json" };
+        if (token) headers.Authorization = `Bearer ${token}`;
+        res = await fetch(path, { signal: ctl.signal, headers });
         text = await res.text();
       } catch (err) {
         if (signal.aborted) throw err;
@@ -253,9 +283,35 @@
         return true;
       };
 
+      // A refused stream (an HTTP error; an EventSource does not say which, so a snapshot asks the same
+      // question): the token (stop, saying why), symbols the server no longer knows (drop them), or anything
+      // else (retry with backoff, or fall back to long-poll after too many).
+      const onRefused = async () => {
+        const why = await whyRefused(list, signal);
+        if (signal.aborted) return;
+        if (why) {
+          resolve();
+          refused(why);
+          return;
+        }
+        if (failed("the server refused the stream")) return;
+        if ((await dropUnknownSymbols(symbols, signal)) || signal.aborted) return;
+        const wait = backoffMs(failures - 1);
+        conn.retryAt = Date.now() + wait;
+        setConn("reconnecting");
+        retryTimer = setTimeout(open, wait);
+      };
+
       const open = () => {
         // A new EventSource cannot send Last-Event-ID: after a refusal the cursor goes in the URL instead.
-        es = new EventSource(`api/stream?symbols=${list}${cursor === null ? "" : `&cursor=${cursor}`}`);
+        const auth = token ? `&access_token=${encodeURIComponent(token)}` : "";
+        es = new EventSource(`api/stream?symbols=${list}${cursor === null ? "" : `&cursor=${cursor}`}${auth}`);
+        // The server ends a stream whose token expired with this event; reconnecting with it would be refused.
+        es.addEventListener("expired", () => {
+          stop();
+          resolve();
+          refused("the token expired");
+        });
         if (cursor === null) {
           firstTimer = setTimeout(() => {
             stop();
@@ -289,14 +345,7 @@
             // Refused (an HTTP error, not a stream): the browser will not retry this one.
             clearTimeout(firstTimer);
             es.close();
-            if (failed("the server refused the stream")) return;
-            dropUnknownSymbols(symbols, signal).then((dropped) => {
-              if (dropped || signal.aborted) return;
-              const wait = backoffMs(failures - 1);
-              conn.retryAt = Date.now() + wait;
-              setConn("reconnecting");
-              retryTimer = setTimeout(open, wait);
-            });
+            onRefused();
             return;
           }
           // Dropped: the browser reconnects after the server's retry interval, with Last-Event-ID.
@@ -314,6 +363,16 @@
       };
       open();
     });
+  }
+
+  // After a refused stream: the server's reason when the token is the problem (401/403), else null.
+  async function whyRefused(list, signal) {
+    try {
+      await getJSON(`api/quotes?symbols=${list}`, signal, REQUEST_TIMEOUT_MS);
+    } catch (err) {
+      if (isRefused(err)) return err.message;
+    }
+    return null;
   }
 
   // An event's data: the same {cursor, quotes} a poll answers, cursor digits kept as text (see getJSON).
@@ -365,6 +424,10 @@
         renderCounters();
       } catch (err) {
         if (signal.aborted) return;
+        if (isRefused(err)) {
+          refused(err.message); // not retried: the same token would be refused again
+          return;
+        }
         if (isClientError(err)) {
           showMessage(`The server refused the request (${err.status}): ${err.message}`, "error");
           // Most likely the server restarted with other symbols: re-read its list and drop what is gone.
@@ -700,8 +763,8 @@
     renderStatus();
   }
 
-  // States: connecting, live, reconnecting, idle (empty watch list); offline overrides all of them
-  // whenever navigator.onLine is false.
+  // States: connecting, live, reconnecting, idle (empty watch list), unauthorized (401/403: stays until the
+  // token changes); offline overrides all of them whenever navigator.onLine is false.
   function renderStatus() {
     let state = conn.state;
     let text;
@@ -714,6 +777,8 @@
       text = conn.retryAt ? `reconnecting in ${Math.max(1, Math.ceil((conn.retryAt - Date.now()) / 1000))} s` : "reconnecting…";
     } else if (state === "idle") {
       text = "idle: watch list empty";
+    } else if (state === "unauthorized") {
+      text = "not authorized";
     } else {
       text = "connecting…";
     }
@@ -761,6 +826,13 @@
     dom.tbody.addEventListener("click", onRemoveClick);
     window.addEventListener("online", renderStatus);
     window.addEventListener("offline", renderStatus);
+    // A token saved by another tab (or the console): follow again with it.
+    window.addEventListener("storage", (ev) => {
+      if (ev.key !== TOKEN_KEY) return;
+      token = ev.newValue || "";
+      showMessage("", "");
+      restartCycle();
+    });
     renderStatus();
     renderCounters();
 

@@ -406,3 +406,73 @@ fn a_plain_incr_counter_would_lose_updates_after_redis_loses_its_data() {
     a.wait_for_metric("comet_redis_up", 1);
     assert!(publish_acked(&a, "MSFT", 1.0) > cursor);
 }
+
+#[test]
+fn grants_are_checked_on_every_node_and_a_jwt_publishes_through_redis() {
+    if !redis_available("grants_are_checked_on_every_node_and_a_jwt_publishes_through_redis") {
+        return;
+    }
+    use common::jwt::{hs256, now_secs, SECRET};
+    let r = RedisServer::start();
+    let a = node(&r, &["--jwt-secret", SECRET]);
+    let b = node(&r, &["--jwt-secret", SECRET]);
+    let exp = now_secs() + 60;
+    let reader = hs256(&serde_json::json!({"symbols": ["IBM"], "exp": exp}));
+    let writer = hs256(&serde_json::json!({"publish": ["IBM"], "exp": exp}));
+    let get = |s: &TestServer, path: &str, t: &str| {
+        common::request(
+            s.addr,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {t}"))],
+            b"",
+        )
+    };
+    // Node b refuses what the token does not grant, as a lone node would.
+    assert_eq!(b.get("/api/quotes?symbols=IBM").status, 401);
+    assert_eq!(get(&b, "/api/quotes?symbols=MSFT", &reader).status, 403);
+    let cursor = get(&b, "/api/quotes?symbols=IBM", &reader).json()["cursor"]
+        .as_u64()
+        .unwrap();
+    let mut poll = common::Conn::open(b.addr).unwrap();
+    let auth = format!("Bearer {reader}");
+    poll.send(
+        "GET",
+        &format!("/api/poll?symbols=IBM&cursor={cursor}&timeout=30"),
+        &[("Authorization", &auth)],
+        b"",
+        true,
+    )
+    .unwrap();
+    b.wait_for_metric("comet_polls_waiting", 1);
+    // Publishing on node a with a JWT: its publish claim covers IBM, not MSFT.
+    let publish = |body: &str, t: &str| {
+        common::request(
+            a.addr,
+            "POST",
+            "/api/quotes",
+            &[("Authorization", &format!("Bearer {t}"))],
+            body.as_bytes(),
+        )
+    };
+    assert_eq!(
+        publish(r#"{"symbol":"MSFT","price":5}"#, &writer).status,
+        403
+    );
+    assert_eq!(
+        publish(r#"{"symbol":"IBM","price":5}"#, &reader).status,
+        403
+    );
+    let ok = publish(r#"{"symbol":"IBM","price":42.5}"#, &writer);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let answer = poll.read_response().unwrap();
+    assert_eq!(answer.prices(), [("IBM".to_string(), 42.5)]);
+    assert_eq!(
+        b.metric("comet_auth_refused_total{reason=\"forbidden\"}"),
+        1
+    );
+    assert_eq!(
+        a.metric("comet_auth_refused_total{reason=\"forbidden\"}"),
+        2
+    );
+}

@@ -1,7 +1,8 @@
 //! Property tests of the parsers that face the network: the request head, the query string, the
-//! chunked decoder and the publish body. Arbitrary bytes never panic and always yield a valid
+//! chunked decoder, the publish body and the JWT verifier. Arbitrary bytes never panic and always yield a valid
 //! parse or a client error; valid inputs round-trip. Each property runs a bounded number of cases.
 
+use comet_quotes::auth::{JwtKey, Verifier};
 use comet_quotes::error::ApiError;
 use comet_quotes::http::protocol::{decode_chunked, parse_head, BodyLength};
 use comet_quotes::request::{parse_publish, Query};
@@ -200,4 +201,126 @@ proptest! {
             prop_assert_eq!(*price, *cents as f64 / 100.0);
         }
     }
+}
+
+/// base64url without padding, as JWT segments are written.
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+const TEST_SECRET: &str = "property-test-secret-of-32-bytes";
+
+fn hs256_verifier() -> Verifier {
+    Verifier::new(&JwtKey::secret(TEST_SECRET).unwrap()).unwrap()
+}
+
+/// A JWT header: the algorithms an attacker would try, or noise, sometimes huge.
+fn jwt_header() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "none", "None", "HS256", "HS512", "RS256", "ES256", "PS256", "EdDSA", ""
+        ])
+        .prop_map(|alg| b64url(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes())),
+        Just(b64url(br#"{"alg":"HS256","jwk":{"kty":"oct","k":"AAAA"}}"#)),
+        Just(b64url(br#"{"alg":"HS256","kid":"../../etc/passwd"}"#)),
+        Just(b64url(br#"{"typ":"JWT"}"#)),
+        Just(b64url(b"[]")),
+        (1usize..20_000).prop_map(|n| b64url(
+            format!(r#"{{"alg":"HS256","x":"{}"}}"#, "A".repeat(n)).as_bytes()
+        )),
+        "[A-Za-z0-9_-]{0,60}",
+        prop::collection::vec(any::<u8>(), 0..60)
+            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+}
+
+/// Claims as an attacker would shape them: exp at the edges of every number type, scopes of
+/// every shape.
+fn jwt_claims() -> impl Strategy<Value = String> {
+    let exp = prop_oneof![
+        Just("1e400".to_string()),
+        Just("-1".to_string()),
+        Just("0".to_string()),
+        Just("18446744073709551615".to_string()),
+        Just("1.8e19".to_string()),
+        Just("\"soon\"".to_string()),
+        Just("null".to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:e}")),
+    ];
+    let scope = prop_oneof![
+        Just("\"*\"".to_string()),
+        Just("\"IBM\"".to_string()),
+        Just("[]".to_string()),
+        Just("42".to_string()),
+        prop::collection::vec("[A-Za-z0-9 .<>-]{0,14}", 0..6)
+            .prop_map(|v| serde_json::json!(v).to_string()),
+        (0usize..6000).prop_map(|n| serde_json::json!(vec!["A"; n]).to_string()),
+    ];
+    (exp, scope.clone(), scope, any::<bool>()).prop_map(|(exp, symbols, publish, sub)| {
+        let sub = if sub { r#","sub":"someone""# } else { "" };
+        format!(r#"{{"exp":{exp},"symbols":{symbols},"publish":{publish}{sub}}}"#)
+    })
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn malformed_tokens_are_invalid_and_never_panic(
+        header in jwt_header(),
+        claims in jwt_claims(),
+        signature in prop_oneof![Just(String::new()), "[A-Za-z0-9_-]{1,90}", "[ -~]{0,20}"],
+        segments in 0usize..6,
+    ) {
+        let parts = [header, b64url(claims.as_bytes()), signature];
+        let token = match segments {
+            3 => parts.join("."),
+            n => parts.iter().cycle().take(n).cloned().collect::<Vec<_>>().join("."),
+        };
+        // Not signed with the server's key: never accepted, always a 401 (never a panic).
+        let r = hs256_verifier().verify(&token);
+        prop_assert!(matches!(r, Err(ApiError::InvalidToken(_))), "{:.80}: {:?}", token, r);
+    }
+
+    #[test]
+    fn correctly_signed_tokens_with_hostile_claims_never_panic(claims in jwt_claims()) {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let value: serde_json::Value = match serde_json::from_str(&claims) {
+            Ok(v) => v,
+            Err(_) => return Ok(()), // 1e400 is not JSON a signer could write
+        };
+        let token = encode(
+            &Header::default(),
+            &value,
+            &EncodingKey::from_secret(TEST_SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        match hs256_verifier().verify(&token) {
+            Ok(grant) => prop_assert!(grant.exp_us > 0),
+            Err(e) => prop_assert!(matches!(e, ApiError::InvalidToken(_)), "{e:?}"),
+        }
+    }
+}
+
+#[test]
+fn b64url_matches_the_rfc_4648_vectors() {
+    assert_eq!(b64url(b"f"), "Zg");
+    assert_eq!(b64url(b"fo"), "Zm8");
+    assert_eq!(b64url(b"foo"), "Zm9v");
+    assert_eq!(b64url(b"foob"), "Zm9vYg");
+    assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
 }

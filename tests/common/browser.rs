@@ -686,3 +686,69 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, log: Log) {
         let _ = from.shutdown(Shutdown::Read);
     });
 }
+
+/// A third-party web site for the cross-origin tests: serves one HTML page at `/` (and 404 for
+/// anything else) from its own port, that is, its own origin. Stops when dropped.
+pub struct StaticSite {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl StaticSite {
+    pub fn serve(html: &str) -> StaticSite {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the site");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let html = html.to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let html = html.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut h = String::new();
+                        match reader.read_line(&mut h) {
+                            Ok(n) if n > 2 => {}
+                            _ => break,
+                        }
+                    }
+                    let (status, body) = if path == "/" || path.starts_with("/?") {
+                        ("200 OK", html)
+                    } else {
+                        ("404 Not Found", "not found".to_string())
+                    };
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        StaticSite { addr, stop }
+    }
+
+    /// The site's origin, as a browser writes it.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for StaticSite {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
