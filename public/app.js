@@ -59,7 +59,7 @@
   let fellBack = false;
   let streamDelivered = false; // some stream of this page delivered an event: streaming works here
 
-  // The token, from ?access_token= (then kept in localStorage, as the watch list is) or from localStorage.
+  // The reader's token: from ?access_token=, or from localStorage where an earlier load kept it.
   let token = initialToken();
 
   const conn = { state: "connecting", retryAt: 0, detail: "" };
@@ -93,13 +93,25 @@
     showMessage(`Not authorized: ${detail}. Open the page with ?access_token=<token> to follow these symbols.`, "error");
   }
 
+  // The token from ?access_token= is kept in localStorage, as the watch list is, and taken out of the address
+  // bar: a URL with a token in it would end up in the history, in bookmarks and in every link shared.
   function initialToken() {
-    const fromUrl = new URLSearchParams(location.search).get("access_token");
+    const params = new URLSearchParams(location.search);
+    const fromUrl = params.get("access_token");
+    if (fromUrl !== null) {
+      params.delete("access_token");
+      const rest = params.toString();
+      try {
+        history.replaceState(history.state, "", `${location.pathname}${rest ? `?${rest}` : ""}${location.hash}`);
+      } catch (_) {
+        /* e.g. a sandboxed frame */
+      }
+    }
     try {
       if (fromUrl) localStorage.setItem(TOKEN_KEY, fromUrl);
       return fromUrl || localStorage.getItem(TOKEN_KEY) || "";
     } catch (_) {
-      return fromUrl || ""; // storage off: the URL still has it
+      return fromUrl || ""; // storage off: this page load still has it
     }
   }
 

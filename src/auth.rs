@@ -76,12 +76,25 @@ impl JwtKey {
         Ok(JwtKey::Hs256(secret.as_bytes().to_vec()))
     }
 
-    /// A public key in PEM form: RSA (RS256) or EC P-256 (ES256), told apart by its contents.
+    /// A public key in PEM form: RSA of at least 2048 bits (RS256) or EC on P-256 (ES256), told
+    /// apart by its contents. Another curve, or a shorter RSA key, is refused here rather than
+    /// failing every token later.
     pub fn from_pem(pem: &[u8]) -> Result<JwtKey, String> {
-        if DecodingKey::from_rsa_pem(pem).is_ok() {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            let bits = key_der(&key).and_then(rsa_modulus_bits).unwrap_or(0);
+            if bits < MIN_RSA_BITS {
+                return Err(format!(
+                    "an RSA key of {bits} bits: RS256 needs at least {MIN_RSA_BITS}"
+                ));
+            }
             return Ok(JwtKey::Rs256(pem.to_vec()));
         }
-        if DecodingKey::from_ec_pem(pem).is_ok() {
+        if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            // The uncompressed point 04 || X || Y: 65 bytes on P-256 (97 on P-384, ...).
+            let p256 = key_der(&key).is_some_and(|p| p.len() == 65 && p[0] == 4);
+            if !p256 {
+                return Err("an EC key not on P-256: ES256 needs a P-256 key".into());
+            }
             return Ok(JwtKey::Es256(pem.to_vec()));
         }
         Err("not an RSA or EC public key in PEM form (-----BEGIN PUBLIC KEY-----)".into())
@@ -103,6 +116,46 @@ impl JwtKey {
         };
         key.map_err(|e| e.to_string())
     }
+}
+
+/// Shortest RSA modulus accepted for RS256 (NIST SP 800-57: 2048 bits).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The key bytes jsonwebtoken keeps: the DER of an RSA public key (PKCS#1), or an EC point.
+fn key_der(key: &DecodingKey) -> Option<&[u8]> {
+    match key.kind() {
+        jsonwebtoken::DecodingKeyKind::SecretOrDer(der) => Some(der),
+        _ => None,
+    }
+}
+
+/// The size of the modulus of an RSA public key in PKCS#1 DER (`SEQUENCE { INTEGER n, INTEGER
+/// e }`), in bits, counted from its bytes (a leading zero byte does not count).
+fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    // One DER tag-length header at `at`: (where the content starts, its length).
+    fn header(der: &[u8], at: usize, tag: u8) -> Option<(usize, usize)> {
+        if *der.get(at)? != tag {
+            return None;
+        }
+        let first = *der.get(at + 1)?;
+        if first < 0x80 {
+            return Some((at + 2, usize::from(first)));
+        }
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = der
+            .get(at + 2..at + 2 + n)?
+            .iter()
+            .fold(0usize, |l, &b| (l << 8) | usize::from(b));
+        Some((at + 2 + n, len))
+    }
+    let (seq, _) = header(der, 0, 0x30)?;
+    let (start, len) = header(der, seq, 0x02)?;
+    let modulus = der.get(start..start.checked_add(len)?)?;
+    let zeros = modulus.iter().take_while(|&&b| b == 0).count();
+    Some((modulus.len() - zeros) * 8)
 }
 
 /// A set of symbols: what a token grants, or which symbols are public.
@@ -222,17 +275,38 @@ pub struct Verifier {
     validation: Validation,
 }
 
+/// What a token must say of its issuer and audience (`--jwt-issuer`, `--jwt-audience`): with a
+/// key that an identity provider shares with other services, these keep tokens meant for them
+/// out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtRules {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
 impl Verifier {
-    pub fn new(key: &JwtKey) -> Result<Verifier, String> {
+    pub fn new(key: &JwtKey, rules: &JwtRules) -> Result<Verifier, String> {
         // Only the configured key's algorithm: a token naming another one (`none`, or HS256
         // signed with an RSA public key as its secret) is refused before any signature check.
         let mut validation = Validation::new(key.algorithm());
-        // `exp` must be there; its time is checked by `grant` (module doc). No audience is
-        // configured, so none is checked.
-        validation.set_required_spec_claims(&["exp"]);
+        // `exp` must be there; its time is checked by `grant` (module doc). `nbf`, when a token
+        // has one, is checked without leeway.
+        let mut required = vec!["exp"];
         validation.validate_exp = false;
-        validation.validate_aud = false;
+        validation.validate_nbf = true;
         validation.leeway = 0;
+        match &rules.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &rules.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         Ok(Verifier {
             key: key.decoding_key()?,
             validation,
@@ -259,10 +333,13 @@ impl Verifier {
                 "not a JWT (three base64url segments)".into(),
             ));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| ApiError::InvalidToken(e.to_string()))?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                log::debug!("refused a token: {e}");
+                ApiError::InvalidToken(why_invalid(e.kind()).into())
+            })?;
         let claims = data.claims;
-        if !(claims.exp.is_finite() && claims.exp > 0.0) {
+        if !(claims.exp.is_finite() && claims.exp >= 1.0) {
             return Err(ApiError::InvalidToken(
                 "exp must be a positive number of seconds".into(),
             ));
@@ -277,6 +354,23 @@ impl Verifier {
             publish: scope(claims.publish, "publish")?,
             sub: claims.sub.map(|s| s.chars().take(128).collect()),
         })
+    }
+}
+
+/// What a client is told of a token the library refused: a fixed text per kind of failure, not
+/// the library's own (which names its internals); the detail goes to the debug log.
+fn why_invalid(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::InvalidSignature => "bad signature",
+        K::InvalidAlgorithm | K::MissingAlgorithm => "signed with another algorithm",
+        K::ImmatureSignature => "not valid yet (nbf)",
+        K::InvalidIssuer => "wrong issuer (iss)",
+        K::InvalidAudience => "wrong audience (aud)",
+        K::MissingRequiredClaim(_) => "a required claim (exp, iss, aud) is missing",
+        K::InvalidClaimFormat(_) => "a claim has the wrong type",
+        K::InvalidEcdsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => "bad signature",
+        _ => "malformed token",
     }
 }
 
@@ -356,11 +450,12 @@ impl Auth {
     pub fn new(
         publish_token: Option<String>,
         jwt: Option<&JwtKey>,
+        rules: &JwtRules,
         public: Scope,
     ) -> Result<Auth, String> {
         Ok(Auth {
             publish_token,
-            verifier: jwt.map(Verifier::new).transpose()?,
+            verifier: jwt.map(|k| Verifier::new(k, rules)).transpose()?,
             public,
             cache: TokenCache::new(),
         })
@@ -378,6 +473,12 @@ impl Auth {
                 "this server accepts no JWTs (no --jwt-secret or --jwt-public-key)".into(),
             ));
         };
+        // Before the cache, which would hash it: a huge token costs nothing more than a refusal.
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(ApiError::InvalidToken(format!(
+                "longer than {MAX_TOKEN_LEN} bytes"
+            )));
+        }
         let grant = match self.cache.get(token) {
             Some(grant) => grant,
             None => {
@@ -407,7 +508,7 @@ impl Auth {
         let guarded = symbols.iter().filter(|s| !self.public.allows(s));
         if let Err(e) = grant.read.check(guarded.map(String::as_str)) {
             if let Some(sub) = &grant.sub {
-                log::debug!("{sub} may not read: {e}");
+                log::debug!("{sub:?} may not read: {e}");
             }
             return Err(e);
         }
@@ -428,7 +529,7 @@ impl Auth {
         }
         let grant = self.grant(token, now_us)?;
         if let Some(sub) = &grant.sub {
-            log::debug!("publishing as {sub}");
+            log::debug!("publishing as {sub:?}");
         }
         Ok(grant.publish.clone())
     }
@@ -457,6 +558,7 @@ mod tests {
         Auth::new(
             Some("pt".into()),
             Some(&key),
+            &JwtRules::default(),
             Scope::parse_list(public).unwrap(),
         )
         .unwrap()
@@ -502,7 +604,7 @@ mod tests {
             .is_ok());
         assert_eq!(auth("*").check_read(None, &names(&["X"]), NOW), Ok(None));
         // Without a JWT key nothing is guarded.
-        let open = Auth::new(None, None, Scope::Nothing).unwrap();
+        let open = Auth::new(None, None, &JwtRules::default(), Scope::Nothing).unwrap();
         assert_eq!(open.check_read(None, &names(&["X"]), NOW), Ok(None));
     }
 
@@ -525,7 +627,13 @@ mod tests {
         let scope = a.publisher(Some(&writer), NOW).unwrap();
         assert!(scope.check(["IBM"].into_iter()).is_ok());
         // Without a JWT key only the publish token counts.
-        let plain = Auth::new(Some("pt".into()), None, Scope::Nothing).unwrap();
+        let plain = Auth::new(
+            Some("pt".into()),
+            None,
+            &JwtRules::default(),
+            Scope::Nothing,
+        )
+        .unwrap();
         assert!(matches!(
             plain.publisher(Some(&writer), NOW),
             Err(ApiError::InvalidToken(_))
@@ -603,6 +711,49 @@ mod tests {
             JwtKey::from_pem(b"-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn issuer_audience_and_not_before_are_checked_when_asked_for() {
+        let key = JwtKey::secret(SECRET).unwrap();
+        let rules = JwtRules {
+            issuer: Some("https://idp.example".into()),
+            audience: Some("quotes".into()),
+        };
+        let a = Auth::new(None, Some(&key), &rules, Scope::Nothing).unwrap();
+        let good = token(
+            json!({"exp": EXP, "symbols": "*", "iss": "https://idp.example", "aud": "quotes"}),
+        );
+        assert!(a.check_read(Some(&good), &names(&["X"]), NOW).is_ok());
+        for t in [
+            token(json!({"exp": EXP, "symbols": "*", "iss": "https://idp.example"})),
+            token(json!({"exp": EXP, "symbols": "*", "iss": "https://other", "aud": "quotes"})),
+            token(json!({"exp": EXP, "symbols": "*", "iss": "https://idp.example", "aud": "mail"})),
+        ] {
+            assert!(matches!(
+                a.check_read(Some(&t), &names(&["X"]), NOW),
+                Err(ApiError::InvalidToken(_))
+            ));
+        }
+        // nbf in the future (on the library's clock, now): not valid yet.
+        let later =
+            token(json!({"exp": u64::MAX / 2_000_000, "nbf": 4_000_000_000u64, "symbols": "*"}));
+        assert_eq!(
+            auth("").check_read(Some(&later), &names(&["X"]), NOW),
+            Err(ApiError::InvalidToken("not valid yet (nbf)".into()))
+        );
+    }
+
+    #[test]
+    fn rsa_keys_are_measured_from_their_der() {
+        // SEQUENCE { INTEGER 0x00 || 256 bytes, INTEGER 65537 }
+        let mut der = vec![0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01, 0x00];
+        der.extend(std::iter::repeat_n(0xab, 256));
+        der.extend([0x02, 0x03, 0x01, 0x00, 0x01]);
+        assert_eq!(rsa_modulus_bits(&der), Some(2048));
+        assert_eq!(rsa_modulus_bits(&der[..20]), None);
+        assert_eq!(rsa_modulus_bits(&[0x30, 0x81]), None);
+        assert_eq!(rsa_modulus_bits(&[]), None);
     }
 
     #[test]

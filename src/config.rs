@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use rand::Rng;
 
-use crate::auth::{JwtKey, Scope};
+use crate::auth::{JwtKey, JwtRules, Scope};
 use crate::cors::CorsOrigins;
 
 /// The tickers the built-in feed starts with when `--symbols` is not given.
@@ -128,6 +128,14 @@ pub struct Cli {
     #[arg(long, env = "COMET_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
 
+    /// Accept only JWTs whose `iss` claim is this (with a key other services share).
+    #[arg(long, env = "COMET_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// Accept only JWTs whose `aud` claim names this.
+    #[arg(long, env = "COMET_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
     /// Symbols anyone may read without a token while a JWT key is set (comma separated; `*` =
     /// all).
     #[arg(long, env = "COMET_PUBLIC_SYMBOLS", value_name = "LIST")]
@@ -174,6 +182,7 @@ pub struct Config {
     pub publish_token: Option<String>,
     pub publish_token_generated: bool,
     pub jwt: Option<JwtKey>,
+    pub jwt_rules: JwtRules,
     pub public_symbols: Scope,
     pub cors_origins: CorsOrigins,
     pub redis: Option<String>,
@@ -285,6 +294,13 @@ impl Cli {
             }
             (None, None) => None,
         };
+        if jwt.is_none() && (self.jwt_issuer.is_some() || self.jwt_audience.is_some()) {
+            return Err("--jwt-issuer and --jwt-audience need a JWT key".into());
+        }
+        let jwt_rules = JwtRules {
+            issuer: self.jwt_issuer,
+            audience: self.jwt_audience,
+        };
         let public_symbols = match &self.public_symbols {
             Some(_) if jwt.is_none() => {
                 return Err(
@@ -300,6 +316,10 @@ impl Cli {
             Some(list) => CorsOrigins::parse(list).map_err(|e| format!("--cors-origins: {e}"))?,
             None => CorsOrigins::None,
         };
+        if cors_origins != CorsOrigins::None && self.engine == Engine::Minihttp {
+            // It takes only static header lines: no origin named back, no preflight answers.
+            return Err("--cors-origins needs the native engine (--engine native)".into());
+        }
         // Publishing always needs a credential. With none configured, one is made for this run
         // and printed once (main), so that a person at the keyboard can still publish.
         let publish_token_generated = self.publish_token.is_none() && jwt.is_none();
@@ -331,6 +351,7 @@ impl Cli {
             publish_token,
             publish_token_generated,
             jwt,
+            jwt_rules,
             public_symbols,
             cors_origins,
             redis: self.redis,

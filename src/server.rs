@@ -121,6 +121,7 @@ impl Server {
         let auth = Auth::new(
             config.publish_token.clone(),
             config.jwt.as_ref(),
+            &config.jwt_rules,
             config.public_symbols.clone(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

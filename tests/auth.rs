@@ -418,5 +418,54 @@ fn the_jwt_flags_are_checked_at_start() {
     let not_a_key = jwt::keys_dir().join("README.md");
     assert!(fails(&["--jwt-public-key", not_a_key.to_str().unwrap()]).contains("PEM"));
     assert!(fails(&["--public-symbols", "IBM"]).contains("--public-symbols"));
+    let p384 = jwt::keys_dir().join("ec_p384_public.pem");
+    assert!(fails(&["--jwt-public-key", p384.to_str().unwrap()]).contains("P-256"));
+    let rsa1024 = jwt::keys_dir().join("rsa1024_public.pem");
+    assert!(fails(&["--jwt-public-key", rsa1024.to_str().unwrap()]).contains("2048"));
+    assert!(fails(&["--jwt-issuer", "x"]).contains("--jwt-issuer"));
+    assert!(fails(&["--cors-origins", "*", "--engine", "minihttp"]).contains("native"));
     assert!(fails(&["--cors-origins", "example.com"]).contains("--cors-origins"));
+}
+
+#[test]
+fn a_busy_stream_read_slowly_gets_nothing_changed_after_its_token_expired() {
+    // The feed changes IBM and MSFT every millisecond or so: the stream's socket stays full,
+    // so its waits never time out, yet it must end at exp.
+    let s = TestServer::start_raw(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--symbols",
+        "IBM,MSFT",
+        "--feed-interval",
+        "0.001",
+        "--jwt-secret",
+        jwt::SECRET,
+    ]);
+    let exp = now_secs() + 2;
+    let t = token(json!({"symbols": "*", "exp": exp}));
+    let mut c = SseClient::open(s.addr, &format!("symbols=IBM,MSFT&access_token={t}"), &[]);
+    assert_eq!(c.status, 200);
+    c.throttle(Duration::from_millis(2));
+    let mut events = 0;
+    loop {
+        match c.next() {
+            Some(Item::Event { data, .. }) => {
+                events += 1;
+                for q in data["quotes"].as_array().unwrap() {
+                    let ts = q["ts"].as_u64().unwrap();
+                    assert!(ts < exp * 1_000_000, "a change at {ts} after exp {exp}");
+                }
+            }
+            Some(Item::Named { event, .. }) => {
+                assert_eq!(event, "expired");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed without an expired event after {events} events"),
+        }
+    }
+    assert!(
+        events > 10,
+        "only {events} events: the feed did not keep the stream busy"
+    );
 }

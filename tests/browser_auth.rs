@@ -255,6 +255,10 @@ async fn the_quotes_page_says_not_authorized_and_does_not_retry_a_refusal() {
     b.open(s.addr, &format!("/?symbols=IBM&access_token={good}"))
         .await;
     b.wait_live(LOAD).await;
+    // ... out of the address bar (history, bookmarks, shared links), into localStorage.
+    let href = b.href().await.unwrap_or_default();
+    assert!(!href.contains("access_token"), "{href}");
+    assert!(href.contains("symbols=IBM"), "{href}");
     b.open(s.addr, "/?symbols=IBM").await;
     b.wait_live(LOAD).await;
     let price = 77.77;

@@ -2,15 +2,20 @@
 //! chunked decoder, the publish body and the JWT verifier. Arbitrary bytes never panic and always yield a valid
 //! parse or a client error; valid inputs round-trip. Each property runs a bounded number of cases.
 
-use comet_quotes::auth::{JwtKey, Verifier};
+use comet_quotes::auth::{JwtKey, JwtRules, Verifier};
 use comet_quotes::error::ApiError;
 use comet_quotes::http::protocol::{decode_chunked, parse_head, BodyLength};
 use comet_quotes::request::{parse_publish, Query};
 use proptest::prelude::*;
 
+/// 300 cases each, or `PROPTEST_CASES` for a longer run.
 fn cases() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
     ProptestConfig {
-        cases: 300,
+        cases,
         ..ProptestConfig::default()
     }
 }
@@ -222,7 +227,7 @@ fn b64url(bytes: &[u8]) -> String {
 const TEST_SECRET: &str = "property-test-secret-of-32-bytes";
 
 fn hs256_verifier() -> Verifier {
-    Verifier::new(&JwtKey::secret(TEST_SECRET).unwrap()).unwrap()
+    Verifier::new(&JwtKey::secret(TEST_SECRET).unwrap(), &JwtRules::default()).unwrap()
 }
 
 /// A JWT header: the algorithms an attacker would try, or noise, sometimes huge.

@@ -28,6 +28,8 @@ pub struct SseClient {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     reader: BufReader<TcpStream>,
+    /// A pause before every line read: a slow reader, whose socket backs up.
+    per_line: Option<Duration>,
 }
 
 impl SseClient {
@@ -74,11 +76,17 @@ impl SseClient {
             status,
             headers,
             reader,
+            per_line: None,
         }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
         super::find_header(&self.headers, name)
+    }
+
+    /// Read slowly from now on: pause `per_line` before every line.
+    pub fn throttle(&mut self, per_line: Duration) {
+        self.per_line = Some(per_line);
     }
 
     /// The body of a non-stream (error) answer.
@@ -100,6 +108,9 @@ impl SseClient {
         let mut line = String::new();
         loop {
             line.clear();
+            if let Some(pause) = self.per_line {
+                std::thread::sleep(pause);
+            }
             if self.reader.read_line(&mut line).ok()? == 0 {
                 return None;
             }
