@@ -34,6 +34,9 @@
 #      PARTS="w1 restart hold nchan-hop" (which runs: the W1 steps, the Redis kill/restart run,
 #      hold + fan-out, and the hopping client against Nchan)
 set -euo pipefail
+# Publishing needs a credential: every comet-quotes started here, the latency bench and wrk's
+# pub.lua read this one.
+export COMET_PUBLISH_TOKEN="${COMET_PUBLISH_TOKEN:-bench-publish-token}"
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"

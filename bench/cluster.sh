@@ -13,6 +13,9 @@
 #                       bench/cluster.sh stop RUN_DIR)
 # Needs redis-server and nginx (apt-get install redis-server nginx-light).
 set -euo pipefail
+# Publishing needs a credential: every comet-quotes started here, the latency bench and wrk's
+# pub.lua read this one.
+export COMET_PUBLISH_TOKEN="${COMET_PUBLISH_TOKEN:-bench-publish-token}"
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = stop ]; then
@@ -108,6 +111,8 @@ for _ in $(seq 1 50); do curl -fsS --max-time 1 "http://127.0.0.1:$PORT/api/symb
 
 echo "comet-quotes cluster: $N nodes (127.0.0.1:$((PORT + 1))-$((PORT + N))), redis 127.0.0.1:$REDIS_PORT"
 echo "open http://127.0.0.1:$PORT   (logs and pids in $RUN_DIR)"
+echo "publish with: curl -H \"Authorization: Bearer \$COMET_PUBLISH_TOKEN\" -d '{\"symbol\":\"IBM\",\"price\":1}' http://127.0.0.1:$PORT/api/quotes"
+echo "    (COMET_PUBLISH_TOKEN=$COMET_PUBLISH_TOKEN)"
 if [ "${FOREGROUND:-1}" = 1 ]; then
   echo "Ctrl-C stops everything"
   wait "${PIDS[0]}"

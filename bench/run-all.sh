@@ -19,6 +19,9 @@
 #   OURS_WORKERS=N    comet-quotes --workers for the other workloads (default: its own default)
 #   NCHAN_WORKERS=N   nginx worker processes for the other workloads (default 1)
 set -euo pipefail
+# Publishing needs a credential: every comet-quotes started here, the latency bench and wrk's
+# pub.lua read this one.
+export COMET_PUBLISH_TOKEN="${COMET_PUBLISH_TOKEN:-bench-publish-token}"
 
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"

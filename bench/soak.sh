@@ -7,6 +7,9 @@
 #
 # Usage: bench/soak.sh     Env: DURATION (s), GROUP, RESULTS, SKIP_BUILD=1, CHURN_THREADS (16)
 set -euo pipefail
+# Publishing needs a credential: every comet-quotes started here, the latency bench and wrk's
+# pub.lua read this one.
+export COMET_PUBLISH_TOKEN="${COMET_PUBLISH_TOKEN:-bench-publish-token}"
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"

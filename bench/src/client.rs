@@ -8,6 +8,7 @@ use crate::http;
 use crate::plan::{self, Kind, Transport};
 use crate::procstat;
 use crate::sse;
+use crate::tokens::TokenKey;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -57,6 +58,10 @@ pub struct ChildSpec {
     pub max_log: usize,
     /// Report per-publish aggregates (fan-out rounds).
     pub per_publish: bool,
+    /// Sign every subscriber its own token (ours: `Authorization: Bearer` on polls,
+    /// `access_token=` on streams); `None`: no tokens.
+    #[serde(default)]
+    pub token_key: Option<TokenKey>,
 }
 
 /// The coordinator's second message: what was actually published.
@@ -210,12 +215,22 @@ fn connect_from(
 impl Shared {
     /// The symbols a subscriber follows, as `A,B,C`.
     fn symbols_of(&self, sub: &Sub) -> String {
-        let names: Vec<&str> = sub
-            .syms
+        self.names_of(sub).join(",")
+    }
+
+    fn names_of(&self, sub: &Sub) -> Vec<&str> {
+        sub.syms
             .iter()
             .map(|&s| self.spec.symbols[s as usize].as_str())
-            .collect();
-        names.join(",")
+            .collect()
+    }
+
+    /// Subscriber `global`'s own token, granting exactly its symbols until an hour after the
+    /// run's deadline; `None` without a token key.
+    fn token_of(&self, sub: &Sub, global: usize) -> Option<String> {
+        let exp = self.spec.deadline_us / 1_000_000 + 3600;
+        let key = self.spec.token_key.as_ref()?;
+        Some(key.sign(global, &self.names_of(sub), exp))
     }
 
     fn deadline_passed(&self) -> bool {
@@ -340,7 +355,13 @@ fn stream_subscriber(sh: Arc<Shared>, local: usize) {
     let path = match spec.kind {
         // No cursor: the first event is a snapshot of prices from before the run (foreign, not
         // counted); every later one is a delivery.
-        Kind::Ours => format!("{}/api/stream?symbols={sym_csv}", node.base),
+        Kind::Ours => match sh.token_of(sub, global) {
+            Some(t) => format!(
+                "{}/api/stream?symbols={sym_csv}&access_token={t}",
+                node.base
+            ),
+            None => format!("{}/api/stream?symbols={sym_csv}", node.base),
+        },
         Kind::Nchan => format!("{}/sub/{sym_csv}", node.base),
     };
     let mut last_id: Option<String> = None;
@@ -455,6 +476,11 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
     let sub = &sh.subs[local];
     let global = spec.first_sub + local;
     let sym_csv = sh.symbols_of(sub);
+    // Sent as a header at every poll, as a page's fetch would.
+    let auth = sh
+        .token_of(sub, global)
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut cursor: Option<u64> = None;
     let mut last_modified: Option<String> = None;
     let mut etag: Option<String> = None;
@@ -494,7 +520,7 @@ fn subscriber(sh: Arc<Shared>, local: usize) {
                     req.push_str(&format!("&cursor={c}"));
                 }
                 req.push_str(&format!(
-                    "&timeout={} HTTP/1.1\r\nHost: {}\r\n\r\n",
+                    "&timeout={} HTTP/1.1\r\nHost: {}\r\n{auth}\r\n",
                     spec.poll_timeout_s, node.host
                 ));
             }

@@ -10,3 +10,4 @@ pub mod procstat;
 pub mod publish;
 pub mod report;
 pub mod sse;
+pub mod tokens;

@@ -126,6 +126,7 @@ pub fn servers_waiting(kind: Kind, transport: Transport, targets: &[Target]) -> 
 pub fn publish_request(
     kind: Kind,
     target: &Target,
+    auth: &str,
     symbol: &str,
     price_base: u64,
     idx: usize,
@@ -143,7 +144,7 @@ pub fn publish_request(
         ),
     };
     format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: text/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nAccept: text/json\r\nContent-Length: {}\r\n\r\n{body}",
         target.host,
         body.len()
     )
@@ -178,6 +179,8 @@ pub struct PubPlan {
     pub offsets_us: Vec<u64>,
     pub price_base: u64,
     pub connections: usize,
+    /// `Authorization: Bearer <publish token>\r\n` (ours), or empty.
+    pub auth: String,
 }
 
 /// Most requests one lane keeps unanswered before its writer waits (that wait shows up as lag).
@@ -334,7 +337,15 @@ fn publish_lane(
         lag.record(Instant::now().saturating_duration_since(due).as_micros() as u64);
         let sym = &plan.symbols[plan.pub_syms[idx] as usize];
         let send_us = plan::now_us();
-        let req = publish_request(plan.kind, &plan.target, sym, plan.price_base, idx, send_us);
+        let req = publish_request(
+            plan.kind,
+            &plan.target,
+            &plan.auth,
+            sym,
+            plan.price_base,
+            idx,
+            send_us,
+        );
         l.in_flight.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
         if let Err(e) = l.writer.write_all(req.as_bytes()) {
@@ -441,7 +452,15 @@ pub fn run_fanout(
         waiting_seen.push(seen);
         let sym = &plan.symbols[plan.pub_syms[idx] as usize];
         let send_us = plan::now_us();
-        let req = publish_request(plan.kind, &plan.target, sym, plan.price_base, idx, send_us);
+        let req = publish_request(
+            plan.kind,
+            &plan.target,
+            &plan.auth,
+            sym,
+            plan.price_base,
+            idx,
+            send_us,
+        );
         let t0 = Instant::now();
         match conn.exchange(req.as_bytes()) {
             Ok(r) if (200..300).contains(&r.status) => {

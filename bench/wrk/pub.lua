@@ -3,7 +3,8 @@
 -- Unpaced by default (as fast as the connections go); PUB_DELAY_MS=N makes each connection wait N ms
 -- between publishes, e.g. -t1 -c1 with PUB_DELAY_MS=5 is ~200 changes/s to drive poll.lua.
 -- Usage: wrk -t2 -c8 -d10s -s bench/wrk/pub.lua http://127.0.0.1:8090
--- Env: SYMBOLS_N (50), SYMBOL_PREFIX ("S"), TARGET (ours|nchan), PUB_DELAY_MS (0).
+-- Env: SYMBOLS_N (50), SYMBOL_PREFIX ("S"), TARGET (ours|nchan), PUB_DELAY_MS (0),
+-- COMET_PUBLISH_TOKEN (the server's --publish-token; sent as Authorization: Bearer).
 local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 local target = os.getenv("TARGET") or "ours"
 local delay_ms = tonumber(os.getenv("PUB_DELAY_MS") or "0")
@@ -18,6 +19,10 @@ if delay_ms > 0 then
 end
 
 local headers = { ["Content-Type"] = "application/json" }
+local token = os.getenv("COMET_PUBLISH_TOKEN")
+if token and token ~= "" and target ~= "nchan" then
+  headers["Authorization"] = "Bearer " .. token
+end
 function request()
   local sym = common.prefix .. math.random(0, common.n - 1)
   local price = string.format("%d.%02d", math.random(100, 199), math.random(0, 99))

@@ -13,6 +13,7 @@ use comet_bench::plan::{self, Kind, Transport};
 use comet_bench::procstat::{self, Sampler};
 use comet_bench::publish::{self, PubPlan};
 use comet_bench::report;
+use comet_bench::tokens::TokenKey;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -132,6 +133,17 @@ struct Cli {
     /// Do not append to the results file.
     #[arg(long)]
     no_record: bool,
+    /// Bearer token the publisher sends (the server's --publish-token).
+    #[arg(long, env = "COMET_PUBLISH_TOKEN", hide_env_values = true)]
+    publish_token: Option<String>,
+    /// Give every subscriber its own HS256 token, signed with this secret (the server's
+    /// --jwt-secret), granting exactly its symbols.
+    #[arg(long, conflicts_with = "jwt_private_key")]
+    jwt_secret: Option<String>,
+    /// The same with RS256 or ES256: the private key (PKCS#8 PEM) whose public half the server has
+    /// as --jwt-public-key.
+    #[arg(long)]
+    jwt_private_key: Option<PathBuf>,
     /// Sustained (workload 5): p99 latency from ts at most this many ms ...
     #[arg(long, default_value_t = 500.0)]
     sustain_p99_ms: f64,
@@ -442,6 +454,19 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
     let before = sampler.mark();
     let parent_cpu0 = procstat::self_cpu_s();
 
+    let token_key = match (&cli.jwt_secret, &cli.jwt_private_key) {
+        (Some(secret), _) => Some(TokenKey::secret(secret)),
+        (None, Some(path)) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("--jwt-private-key {}: {e}", path.display()))?;
+            Some(
+                TokenKey::private_pem(&pem)
+                    .map_err(|e| format!("--jwt-private-key {}: {e}", path.display()))?,
+            )
+        }
+        (None, None) => None,
+    };
+
     // Worker processes, each with a contiguous range of subscribers.
     let n_children = cli.conns.div_ceil(per_child);
     let base_share = cli.conns / n_children;
@@ -471,6 +496,7 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
             deadline_us: deadline_wall_us.saturating_sub(1_500_000),
             max_log: cli.max_log,
             per_publish: mode == Mode::Fanout,
+            token_key: token_key.clone(),
         });
         first += n;
     }
@@ -548,6 +574,10 @@ fn run(cli: &Cli) -> Result<Option<bool>, String> {
         offsets_us,
         price_base,
         connections: cli.publishers,
+        auth: match (&cli.publish_token, kind) {
+            (Some(t), Kind::Ours) => format!("Authorization: Bearer {t}\r\n"),
+            _ => String::new(),
+        },
     };
     let mut hold_figs = Value::Null;
     let mut fanout_waiting = Vec::new();
