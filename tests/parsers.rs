@@ -4,7 +4,9 @@
 
 use comet_quotes::auth::{JwtKey, JwtRules, Verifier};
 use comet_quotes::error::ApiError;
-use comet_quotes::http::protocol::{decode_chunked, parse_head, BodyLength};
+use comet_quotes::http::protocol::{
+    decode_chunked, parse_head, BodyLength, ChunkedDecoder, HeadScanner, MAX_HEAD, MAX_HEADERS,
+};
 use comet_quotes::request::{parse_publish, Query};
 use proptest::prelude::*;
 
@@ -328,4 +330,138 @@ fn b64url_matches_the_rfc_4648_vectors() {
     assert_eq!(b64url(b"foo"), "Zm9v");
     assert_eq!(b64url(b"foob"), "Zm9vYg");
     assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
+}
+
+/// A chunk-size line at the edges: 1 to 20 hex digits, values near the top of u64 and usize,
+/// zero-padded, with or without an extension.
+fn edge_size_line() -> impl Strategy<Value = String> {
+    let digits = prop_oneof![
+        (1usize..=20).prop_map(|n| "f".repeat(n)),
+        (1usize..=20).prop_map(|n| format!("{}1", "0".repeat(n - 1))),
+        Just(format!("{:x}", usize::MAX)),
+        Just(format!("{:x}", usize::MAX - 1)),
+        Just(format!("{:x}", u64::MAX / 2 + 1)),
+        Just(format!("{:x}", u32::MAX)),
+        (0u64..=u64::MAX).prop_map(|n| format!("{n:x}")),
+        (0u64..=u64::MAX).prop_map(|n| format!("{n:X}")),
+    ];
+    (digits, any::<bool>()).prop_map(|(d, ext)| if ext { format!("{d};x=y") } else { d })
+}
+
+/// `wire` fed to one decoder in two parts, split at `cut`: the same outcome as in one piece.
+fn decode_split(wire: &[u8], cut: usize, max: usize) -> Result<Option<(Vec<u8>, usize)>, ApiError> {
+    let mut d = ChunkedDecoder::new(max);
+    let (first, done) = d.feed(&wire[..cut])?;
+    if done {
+        return Ok(Some((d.into_body(), first)));
+    }
+    let (second, done) = d.feed(&wire[cut..])?;
+    Ok(done.then(|| (d.into_body(), first + second)))
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn chunk_sizes_at_the_edges_are_refused_and_never_overflow(
+        prefix in prop::collection::vec(1usize..40, 0..4),
+        size in edge_size_line(),
+        tail in prop::collection::vec(any::<u8>(), 0..40),
+        max in prop_oneof![Just(0usize), 1usize..100_000, Just(usize::MAX / 2), Just(usize::MAX)],
+    ) {
+        // Some well-formed chunks first, so the body is not empty when the huge size comes.
+        let mut wire = Vec::new();
+        for n in &prefix {
+            wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            wire.extend(std::iter::repeat_n(b'a', *n));
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(size.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(&tail);
+        match decode_chunked(&wire, max) {
+            Ok(Some((body, used))) => {
+                prop_assert!(used <= wire.len());
+                prop_assert!(body.len() <= max);
+            }
+            Ok(None) => {}
+            Err(e) => prop_assert!(matches!(e.status(), 400 | 413), "{e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_split_at_every_byte_decodes_the_same(
+        body in prop::collection::vec(any::<u8>(), 0..200),
+        cuts in prop::collection::vec(1usize..60, 0..6),
+        ext in any::<bool>(),
+        trailer in any::<bool>(),
+        max_slack in 0usize..3,
+    ) {
+        let mut wire = Vec::new();
+        let mut rest = &body[..];
+        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (*cut).min(rest.len());
+            wire.extend_from_slice(format!("{n:x}").as_bytes());
+            if ext {
+                wire.extend_from_slice(b";e=1");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest[..n]);
+            wire.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        wire.extend_from_slice(b"0\r\n");
+        if trailer {
+            wire.extend_from_slice(b"X-T: 1\r\n");
+        }
+        wire.extend_from_slice(b"\r\nNEXT");
+        // Sometimes the cap is one byte short of the body.
+        let max = (body.len() + max_slack).saturating_sub(1);
+        let whole = decode_chunked(&wire, max);
+        if max >= body.len() {
+            let (decoded, used) = whole.clone().unwrap().unwrap();
+            prop_assert_eq!(&decoded, &body);
+            prop_assert_eq!(&wire[used..], b"NEXT");
+        } else {
+            prop_assert_eq!(whole.clone().err().map(|e| e.status()), Some(413));
+        }
+        for cut in 0..=wire.len() {
+            prop_assert_eq!(decode_split(&wire, cut, max), whole.clone(), "cut at {}", cut);
+        }
+    }
+
+    #[test]
+    fn heads_near_the_limits_parse_or_are_431_however_they_arrive(
+        n_headers in (MAX_HEADERS - 4)..(MAX_HEADERS + 4),
+        value_len in prop_oneof![0usize..40, (MAX_HEAD / MAX_HEADERS - 40)..(MAX_HEAD / MAX_HEADERS + 40)],
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+    ) {
+        let mut raw = b"GET /api/quotes?symbols=IBM HTTP/1.1\r\n".to_vec();
+        for i in 1..n_headers {
+            raw.extend_from_slice(format!("X-{i}: {}\r\n", "v".repeat(value_len)).as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let whole = parse_head(&raw, 1000).map(|h| h.map(|h| h.head_len));
+        let fits = raw.len() <= MAX_HEAD && n_headers - 1 <= MAX_HEADERS;
+        if fits {
+            prop_assert_eq!(whole.clone(), Ok(Some(raw.len())));
+        } else {
+            prop_assert_eq!(whole.clone().err().map(|e| e.status()), Some(431));
+        }
+        // Fed in pieces, one scanner: the same outcome.
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(raw.len())).collect();
+        points.sort_unstable();
+        let mut scan = HeadScanner::default();
+        let mut outcome = Ok(None);
+        for end in points.into_iter().chain(std::iter::once(raw.len())) {
+            outcome = scan.parse(&raw[..end], 1000).map(|h| h.map(|h| h.head_len));
+            if !matches!(outcome, Ok(None)) {
+                break;
+            }
+        }
+        prop_assert_eq!(outcome, whole);
+    }
 }

@@ -1,6 +1,7 @@
-//! HTTP/1.1 protocol, apart from any socket: parsing a request head, decoding a chunked body, and
-//! the bytes of a response head. Pure functions over bytes, unit-tested without I/O; `native` does
-//! the reading and writing.
+//! HTTP/1.1 protocol, apart from any socket: parsing a request head and decoding a chunked body,
+//! both incrementally (each byte looked at once, however the bytes arrive), and the bytes of a
+//! response head. Pure functions over bytes, unit-tested without I/O; `native` does the reading
+//! and writing.
 
 use std::io::Write as _;
 
@@ -17,7 +18,7 @@ pub const MAX_HEADERS: usize = 64;
 pub enum BodyLength {
     /// `Content-Length` bytes (0 without the header).
     Length(usize),
-    /// `Transfer-Encoding: chunked`: see [`decode_chunked`].
+    /// `Transfer-Encoding: chunked`: see [`ChunkedDecoder`].
     Chunked,
 }
 
@@ -29,8 +30,77 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Parse a complete request head from `buf`, or `Ok(None)` if more bytes are needed.
+fn head_too_large() -> ApiError {
+    ApiError::HeadersTooLarge {
+        max_bytes: MAX_HEAD,
+        max_headers: MAX_HEADERS,
+    }
+}
+
+/// Finds where a request head ends as its bytes arrive, and parses it once it is all in. Each call
+/// looks only at the bytes that came in since the last, so a head trickled in a byte at a time
+/// costs time in proportion to its length, not to its square.
+#[derive(Debug, Default)]
+pub struct HeadScanner {
+    /// Where the search for the blank line that ends the head goes on from.
+    scanned: usize,
+}
+
+impl HeadScanner {
+    /// The parsed head once the buffer holds all of it, `Ok(None)` while more bytes are needed.
+    /// `buf` must be the same buffer, grown, at every call.
+    pub fn parse(&mut self, buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError> {
+        loop {
+            let Some(end) = self.find_end(buf) else {
+                return if buf.len() > MAX_HEAD {
+                    Err(head_too_large())
+                } else {
+                    Ok(None)
+                };
+            };
+            if end > MAX_HEAD {
+                return Err(head_too_large());
+            }
+            match parse_complete_head(&buf[..end], max_body)? {
+                Some(head) => return Ok(Some(head)),
+                // Empty lines before the request line (RFC 9112 §2.2 lets a server skip them):
+                // the head proper ends further on.
+                None => self.scanned = end,
+            }
+        }
+    }
+
+    /// The end of the first blank line (`\n\n` or `\n\r\n`) at or after `scanned`, just past
+    /// it; `None` when it has not arrived, with `scanned` moved to where to look next time.
+    fn find_end(&mut self, buf: &[u8]) -> Option<usize> {
+        let mut i = self.scanned;
+        while let Some(lf) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+            let at = i + lf;
+            match (buf.get(at + 1), buf.get(at + 2)) {
+                (Some(b'\n'), _) => return Some(at + 2),
+                (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
+                // What follows this line feed has not arrived: look at it again next time.
+                (None, _) | (Some(b'\r'), None) => {
+                    self.scanned = at;
+                    return None;
+                }
+                _ => i = at + 1,
+            }
+        }
+        self.scanned = buf.len();
+        None
+    }
+}
+
+/// Parse a request head from the start of `buf`, or `Ok(None)` if more bytes are needed: a
+/// [`HeadScanner`] over this one buffer.
 pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError> {
+    HeadScanner::default().parse(buf, max_body)
+}
+
+/// Parse a head that ends with its blank line at the end of `buf`. `Ok(None)` when the blank
+/// line ended only empty lines before the request line.
+fn parse_complete_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError> {
     // On the heap, not the coroutine stack (every stack page a request ever touches stays
     // resident while its poll is held), and sized by the head's line count rather than for the
     // 64-header worst case (2 KiB), so the allocation stays small and cheap.
@@ -39,27 +109,10 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError>
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(ApiError::HeadersTooLarge {
-                max_bytes: MAX_HEAD,
-                max_headers: MAX_HEADERS,
-            })
-        }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(ApiError::HeadersTooLarge {
-                max_bytes: MAX_HEAD,
-                max_headers: MAX_HEADERS,
-            })
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(head_too_large()),
         Err(e) => return Err(ApiError::BadRequest(e.to_string())),
     };
-    if head_len > MAX_HEAD {
-        return Err(ApiError::HeadersTooLarge {
-            max_bytes: MAX_HEAD,
-            max_headers: MAX_HEADERS,
-        });
-    }
     let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
         return Err(ApiError::BadRequest("incomplete request line".into()));
     };
@@ -131,66 +184,179 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError>
 /// decoded bytes: a body of many tiny chunks, or a long trailer, is refused rather than read on.
 pub const MAX_CHUNK_OVERHEAD: usize = 16 * 1024;
 
-/// Decode a complete chunked body (RFC 9112 §7.1) from the start of `buf`: the body and how many
-/// bytes of `buf` it took, or `Ok(None)` if more bytes are needed. Chunk extensions and trailer
-/// fields are ignored. A body that decodes to more than `max` bytes is 413; anything malformed
-/// is 400 (the connection must then close: its framing is lost).
-pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, ApiError> {
-    let bad = |why: &str| ApiError::BadRequest(format!("malformed chunked body: {why}"));
-    let too_large = || ApiError::BodyTooLarge { max };
-    let mut body = Vec::new();
-    let mut pos = 0;
-    // One line ending in CRLF starting at `pos`, without it; None if it has not all arrived.
-    let line = |pos: usize| -> Result<Option<&[u8]>, ApiError> {
-        match buf[pos..].windows(2).position(|w| w == b"\r\n") {
-            Some(n) => Ok(Some(&buf[pos..pos + n])),
-            None if buf.len() - pos > MAX_CHUNK_OVERHEAD => Err(too_large()),
-            None => Ok(None),
+/// Decodes a chunked body (RFC 9112 §7.1) as it arrives, keeping its place between reads: each
+/// byte is looked at once. Chunk extensions and trailer fields are skipped. A body that would
+/// decode to more than `max` bytes, or that takes more than `max + MAX_CHUNK_OVERHEAD` bytes on
+/// the wire, is 413; anything malformed is 400 (the connection must then close: its framing is
+/// lost). Every size read from the wire is checked arithmetic: no input can overflow it.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    max: usize,
+    body: Vec<u8>,
+    /// Wire bytes taken so far, framing and data.
+    taken: usize,
+    state: Chunk,
+}
+
+/// Where a [`ChunkedDecoder`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// In a chunk-size line: the size so far and its number of hex digits, or past them in an
+    /// extension.
+    Size {
+        size: u64,
+        digits: u8,
+        ext: bool,
+    },
+    /// The CR of a size line seen; its LF must follow.
+    SizeLf {
+        size: u64,
+    },
+    /// In a chunk's data: bytes left.
+    Data {
+        left: usize,
+    },
+    /// After a chunk's data: its CR, then its LF.
+    DataCr,
+    DataLf,
+    /// In the trailer section, `line` bytes into a field line (0: at a line's start); `cr`: its
+    /// CR seen.
+    Trailer {
+        line: usize,
+        cr: bool,
+    },
+    Done,
+}
+
+/// A chunk size has at most this many hex digits (16 fill a u64).
+const MAX_SIZE_DIGITS: u8 = 16;
+
+impl ChunkedDecoder {
+    pub fn new(max: usize) -> ChunkedDecoder {
+        ChunkedDecoder {
+            max,
+            body: Vec::new(),
+            taken: 0,
+            state: Chunk::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            },
         }
-    };
-    loop {
-        let Some(size_line) = line(pos)? else {
-            return Ok(None);
-        };
-        pos += size_line.len() + 2;
-        let digits = size_line.split(|&b| b == b';').next().unwrap_or_default();
-        if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(bad("bad chunk size"));
-        }
-        let size = digits.iter().fold(0usize, |n, &d| {
-            n * 16 + (d as char).to_digit(16).unwrap_or(0) as usize
-        });
-        if size == 0 {
-            // The trailer section: field lines up to an empty line.
-            loop {
-                let Some(trailer) = line(pos)? else {
-                    return Ok(None);
+    }
+
+    /// Decode what `input` holds: how many of its bytes were taken, and whether the body is
+    /// complete. Until it is, every byte given is taken; once it is, the bytes after it (the next
+    /// request) are left.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, bool), ApiError> {
+        let mut i = 0;
+        while i < input.len() && self.state != Chunk::Done {
+            if let Chunk::Data { left } = self.state {
+                let n = left.min(input.len() - i);
+                self.body.extend_from_slice(&input[i..i + n]);
+                i += n;
+                self.state = if n == left {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data { left: left - n }
                 };
-                pos += trailer.len() + 2;
-                if trailer.is_empty() {
-                    return Ok(Some((body, pos)));
-                }
-                if pos > max + MAX_CHUNK_OVERHEAD {
-                    return Err(too_large());
-                }
+            } else {
+                self.step(input[i])?;
+                i += 1;
             }
         }
-        if body.len() + size > max {
-            return Err(too_large());
+        self.taken = self.taken.saturating_add(i);
+        if self.taken > self.max.saturating_add(MAX_CHUNK_OVERHEAD) {
+            return Err(self.too_large());
         }
-        if pos > max + MAX_CHUNK_OVERHEAD {
-            return Err(too_large());
-        }
-        if buf.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[pos..pos + size]);
-        pos += size;
-        if &buf[pos..pos + 2] != b"\r\n" {
-            return Err(bad("chunk data not followed by CRLF"));
-        }
-        pos += 2;
+        Ok((i, self.state == Chunk::Done))
     }
+
+    /// The decoded body (complete once `feed` said so).
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+
+    fn too_large(&self) -> ApiError {
+        ApiError::BodyTooLarge { max: self.max }
+    }
+
+    fn step(&mut self, b: u8) -> Result<(), ApiError> {
+        let bad = |why: &str| ApiError::BadRequest(format!("malformed chunked body: {why}"));
+        self.state = match self.state {
+            Chunk::Size { size, digits, ext } => match b {
+                b'\r' if digits == 0 => return Err(bad("bad chunk size")),
+                b'\r' => Chunk::SizeLf { size },
+                _ if ext => self.state,
+                b';' if digits > 0 => Chunk::Size {
+                    size,
+                    digits,
+                    ext: true,
+                },
+                _ if b.is_ascii_hexdigit() && digits < MAX_SIZE_DIGITS => {
+                    let d = u64::from((b as char).to_digit(16).unwrap_or(0));
+                    let size = size
+                        .checked_mul(16)
+                        .and_then(|s| s.checked_add(d))
+                        .ok_or_else(|| bad("bad chunk size"))?;
+                    Chunk::Size {
+                        size,
+                        digits: digits + 1,
+                        ext,
+                    }
+                }
+                _ => return Err(bad("bad chunk size")),
+            },
+            Chunk::SizeLf { size } => {
+                if b != b'\n' {
+                    return Err(bad("chunk size line not ended by CRLF"));
+                }
+                if size == 0 {
+                    Chunk::Trailer { line: 0, cr: false }
+                } else {
+                    // Compared with the room left, never added to what is there.
+                    let room = self.max.saturating_sub(self.body.len());
+                    match usize::try_from(size) {
+                        Ok(left) if left <= room => Chunk::Data { left },
+                        _ => return Err(self.too_large()),
+                    }
+                }
+            }
+            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+            Chunk::DataLf if b == b'\n' => Chunk::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            },
+            Chunk::DataCr | Chunk::DataLf => {
+                return Err(bad("chunk data not followed by CRLF"));
+            }
+            Chunk::Trailer { line, cr: false } => match b {
+                b'\r' => Chunk::Trailer { line, cr: true },
+                b'\n' => return Err(bad("trailer line not ended by CRLF")),
+                _ => Chunk::Trailer {
+                    line: line.saturating_add(1),
+                    cr: false,
+                },
+            },
+            Chunk::Trailer { line, cr: true } => match b {
+                b'\n' if line == 0 => Chunk::Done,
+                b'\n' => Chunk::Trailer { line: 0, cr: false },
+                _ => return Err(bad("trailer line not ended by CRLF")),
+            },
+            // `feed` stops at Done.
+            Chunk::Data { .. } | Chunk::Done => self.state,
+        };
+        Ok(())
+    }
+}
+
+/// Decode a chunked body from the start of `buf`: the body and how many bytes of `buf` it took,
+/// or `Ok(None)` if more bytes are needed. A [`ChunkedDecoder`] over this one buffer.
+pub fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, ApiError> {
+    let mut decoder = ChunkedDecoder::new(max);
+    let (used, done) = decoder.feed(buf)?;
+    Ok(done.then(|| (decoder.into_body(), used)))
 }
 
 /// The head of a reply with a body of `body_len` bytes: status line, headers, blank line.
@@ -241,6 +407,10 @@ mod tests {
 
     fn head(raw: &str) -> Result<Option<Head>, ApiError> {
         parse_head(raw.as_bytes(), 100)
+    }
+
+    fn head_status(raw: &[u8]) -> Option<u16> {
+        parse_head(raw, 100).err().map(|e| e.status())
     }
 
     #[test]
@@ -348,8 +518,45 @@ mod tests {
             status(b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", 8),
             Some(413)
         );
-        let endless_size_line = vec![b'1'; MAX_CHUNK_OVERHEAD + 10];
-        assert_eq!(status(&endless_size_line, 8), Some(413));
+        let mut endless_extension = b"1;".to_vec();
+        endless_extension.extend(std::iter::repeat_n(b'x', MAX_CHUNK_OVERHEAD + 10));
+        assert_eq!(status(&endless_extension, 8), Some(413));
+        // 17 hex digits is one too many, whatever their value.
+        assert_eq!(status(b"00000000000000001\r\n", 100), Some(400));
+    }
+
+    #[test]
+    fn a_chunk_size_near_the_top_of_u64_after_a_chunk_is_413_not_an_overflow() {
+        // The request that panicked the old decoder (body.len() + size overflowed).
+        let wire = b"1\r\nA\r\nffffffffffffffff\r\nX";
+        assert_eq!(
+            decode_chunked(wire, 65536).err().map(|e| e.status()),
+            Some(413)
+        );
+    }
+
+    #[test]
+    fn a_head_is_found_however_its_bytes_arrive() {
+        let raw = b"\r\nGET /x?a=1 HTTP/1.1\r\nHost: h\r\n\r\nNEXT";
+        for cut in 0..raw.len() {
+            let mut scan = HeadScanner::default();
+            let first = scan.parse(&raw[..cut], 10).unwrap();
+            let head = match first {
+                Some(h) => h,
+                None => scan.parse(raw, 10).unwrap().unwrap(),
+            };
+            assert_eq!(head.req.path, "/x", "cut {cut}");
+            assert_eq!(&raw[head.head_len..], b"NEXT");
+        }
+        // Bare line feeds end a head too.
+        assert!(head("GET / HTTP/1.1\nHost: x\n\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_head_over_the_limit_without_its_end_is_431() {
+        let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        assert_eq!(head_status(&raw), Some(431));
     }
 
     #[test]
