@@ -1,4 +1,5 @@
-//! The quote book: each symbol's price, sequence number and waiters, and where a long-poll waits.
+//! The quote book: each symbol's price and sequence number, and where a long-poll or a stream
+//! waits for the next change.
 //!
 //! # The invariant, and how the sequence numbers keep it
 //! Every change takes the next value of one server-wide counter (`seq`) while it holds that
@@ -11,26 +12,20 @@
 //! for that publisher on its lock. (All four steps are `SeqCst`: if the seq is `<= g`, the flag
 //! went up before the reader loaded `g`, so the reader sees it up, or sees the stored quote.)
 //! An answer then carries every requested quote with `cursor < seq <= g` and hands back `g` as
-//! the next cursor; a quote with `seq > g` is left for the next poll, which answers at once.
+//! the next cursor; a quote with `seq > g` is left for the next poll, which answers at once. So
+//! no answer ever carries a quote its cursor already covers, and a cursor never goes back.
 //!
 //! Seqs start at the server's start time in microseconds, so a cursor kept from an earlier run sorts
 //! below every seq of this run (the client gets everything), and a cursor above the counter can
-//! only come from elsewhere: it is answered with a full snapshot and the current cursor.
+//! only come from elsewhere: it is answered with a full snapshot and the current cursor. A cluster
+//! node's book takes its seqs from Redis instead (`replica`), where a cursor above the counter
+//! means the node is behind, and the client waits for it.
 //!
-//! # The wake-up path (the hot path)
-//! A poll registers one [`Waiter`] on each symbol it follows, then parks with no timer. Each symbol
-//! keeps one waiter list per may worker, and a poll registers on the list of the worker whose
-//! epoll owns its socket (its *lane*, `fd % workers`, given by the connection layer). A change
-//! swaps each list out under that list's lock and wakes it outside the lock: small lists inline,
-//! large ones from one short coroutine spawned on that list's worker, whose unparks are plain
-//! pushes onto that worker's own run queue. So a connection's coroutine is woken, answers, and
-//! reads its next poll on one worker, as nginx workers own their connections: no eventfd write
-//! per waiter, no coroutine hopping between cores, and two workers registering never contend for
-//! one lock. (Measured, 10,000 subscribers of one symbol on 2 workers: server CPU per delivery
-//! 27.9 -> 23.6 µs, see bench/README.md.) Woken handlers copy the pre-serialized quote bytes
-//! straight into their answer.
+//! # Waiting
+//! A poll registers one [`Waiter`] on each symbol it follows (on its lane, `lanes`), then parks
+//! with no timer; the sweeper ends it at its deadline. Woken handlers copy the pre-serialized
+//! quote bytes straight into their answer (`answer`).
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,7 +34,9 @@ use arc_swap::{ArcSwap, Guard};
 use may::sync::Mutex;
 use serde::Serialize;
 
+pub use crate::answer::Answer;
 use crate::error::ApiError;
+use crate::lanes::{lock, Lanes};
 use crate::metrics::{Metrics, Reason};
 use crate::table::{Full, Table};
 use crate::waiter::{Hold, Parked, Sweeper, Waiter};
@@ -54,21 +51,20 @@ pub struct Quote {
     pub ts: u64,
 }
 
-/// A quote as the cluster's Redis holds it (`cluster`): the seq and time it was given there, the
-/// price, and the symbol's opening price that `change` is measured from.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RemoteQuote {
-    pub seq: u64,
-    pub ts: u64,
-    pub price: f64,
-    pub open: f64,
-}
-
 /// A symbol's latest quote as readers see it: immutable, replaced whole at every change.
-struct Latest {
-    quote: Quote,
+pub(crate) struct Latest {
+    pub(crate) quote: Quote,
     /// `quote` serialized once per change; every answer that carries it copies these bytes.
     json: Box<[u8]>,
+}
+
+impl Latest {
+    pub(crate) fn new(quote: Quote) -> Latest {
+        Latest {
+            json: serialize(&quote),
+            quote,
+        }
+    }
 }
 
 /// A loaded quote, seen as its JSON bytes by [`Answer::build`].
@@ -80,54 +76,28 @@ impl AsRef<[u8]> for LatestJson {
     }
 }
 
-/// Polls waiting for a symbol's next change, on one lane. May hold answered (done) waiters of
-/// polls that were woken by another symbol; they are pruned when the list grows.
-struct WaiterList {
-    waiters: Vec<Arc<Waiter>>,
-    prune_at: usize,
-}
-
 /// A symbol in the book: its latest quote, the lock that orders its publishers, and its waiters.
-/// Touched by publishers (change), by polls (register, read) and by nobody else. Its locks are
-/// `may::sync::Mutex`es, so a contended lock parks the coroutine, not the thread.
+/// Touched by publishers (change), by polls (register, read) and by nobody else.
 pub struct Symbol {
     /// Read without a lock by every answer (module doc).
-    latest: ArcSwap<Latest>,
+    pub(crate) latest: ArcSwap<Latest>,
     /// Up while a publisher holds a seq it has not stored yet (module doc).
     publishing: AtomicBool,
     /// Held by a publisher from taking its seq to storing its quote; guards the opening price
     /// `change` is measured from.
-    publisher: Mutex<f64>,
-    /// One list per lane (may worker); see the module doc.
-    lanes: Box<[Mutex<WaiterList>]>,
-}
-
-const MIN_PRUNE: usize = 64;
-
-fn lock<T>(m: &Mutex<T>) -> may::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks would be a bug in this module; the state is still
-    // consistent field by field, so keep serving rather than poison every later request.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) publisher: Mutex<f64>,
+    /// Who waits for this symbol's next change.
+    lanes: Lanes,
 }
 
 impl Symbol {
-    fn new(quote: Quote, lanes: usize) -> Symbol {
+    pub(crate) fn new(quote: Quote, lanes: usize) -> Symbol {
         let open = quote.price;
         Symbol {
-            latest: ArcSwap::from_pointee(Latest {
-                json: serialize(&quote),
-                quote,
-            }),
+            latest: ArcSwap::from_pointee(Latest::new(quote)),
             publishing: AtomicBool::new(false),
             publisher: Mutex::new(open),
-            lanes: (0..lanes.max(1))
-                .map(|_| {
-                    Mutex::new(WaiterList {
-                        waiters: Vec::new(),
-                        prune_at: MIN_PRUNE,
-                    })
-                })
-                .collect(),
+            lanes: Lanes::new(lanes),
         }
     }
 
@@ -146,44 +116,29 @@ impl Symbol {
         self.latest.load().quote.clone()
     }
 
-    /// Wake every waiter of every lane (module doc). Call after the change is visible.
+    /// Wake everyone waiting for this symbol. Call after the change is visible.
     pub fn wake_all(&self) {
-        for (lane, list) in self.lanes.iter().enumerate() {
-            let waiters = {
-                let mut list = lock(list);
-                list.prune_at = MIN_PRUNE;
-                std::mem::take(&mut list.waiters)
-            };
-            wake(lane, waiters);
-        }
+        self.lanes.wake_all();
     }
 
     /// Register `w` on `lane` for the next change unless the symbol already changed after
     /// `cursor`. Returns true when it has (the caller answers at once instead of parking).
     fn register(&self, cursor: u64, w: &Arc<Waiter>, lane: usize) -> bool {
-        let mut list = lock(&self.lanes[lane % self.lanes.len()]);
-        // Read under the list lock: a publisher stores its quote before it takes the lists, so
-        // either it sees `w` in the list or we see its quote here.
-        if self.latest.load().quote.seq > cursor {
-            return true;
-        }
-        if list.waiters.len() >= list.prune_at {
-            list.waiters.retain(|w| !w.is_done());
-            list.prune_at = (list.waiters.len() * 2).max(MIN_PRUNE);
-        }
-        list.waiters.push(Arc::clone(w));
-        false
+        // Read under the list's lock (`Lanes::register`): a publisher stores its quote before
+        // it takes the lists.
+        self.lanes
+            .register(lane, w, || self.latest.load().quote.seq > cursor)
     }
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
-fn round_cents(x: f64) -> f64 {
+pub(crate) fn round_cents(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
@@ -192,51 +147,6 @@ fn serialize(q: &Quote) -> Box<[u8]> {
     serde_json::to_vec(q)
         .unwrap_or_else(|_| b"{}".to_vec())
         .into()
-}
-
-/// An answer to a snapshot or a poll: `{"cursor":N,"quotes":[...]}`, built once from the
-/// pre-serialized quotes.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub cursor: u64,
-    /// How many quotes `json` carries.
-    pub quotes: usize,
-    pub json: Vec<u8>,
-    pub reason: Reason,
-}
-
-impl Answer {
-    /// `{"cursor":N,"quotes":[...]}` from pre-serialized quotes.
-    fn build<B: AsRef<[u8]>>(
-        cursor: u64,
-        reason: Reason,
-        quotes: impl Iterator<Item = B>,
-    ) -> Answer {
-        // Room for a few quotes of ~110 bytes; one allocation for the usual answer.
-        let mut json = Vec::with_capacity(256);
-        // Writing into a Vec cannot fail; no temporary String for the number.
-        let _ = write!(json, "{{\"cursor\":{cursor},\"quotes\":[");
-        let mut n = 0;
-        for q in quotes {
-            if n > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(q.as_ref());
-            n += 1;
-        }
-        json.extend_from_slice(b"]}");
-        Answer {
-            cursor,
-            quotes: n,
-            json,
-            reason,
-        }
-    }
-
-    /// No quotes: a timeout or shutdown answer, which hands the same cursor back.
-    fn empty(cursor: u64, reason: Reason) -> Answer {
-        Answer::build(cursor, reason, std::iter::empty::<&[u8]>())
-    }
 }
 
 /// How a wait for changes ended ([`QuoteBook::wait_since`]).
@@ -252,25 +162,47 @@ pub enum Wait {
     ClientGone,
 }
 
-/// Lists up to this long are woken inline by the publisher; longer ones from a coroutine on their
-/// own worker (module doc). Waking inline saves a spawn, but queues the woken coroutines on the
-/// publisher's worker.
-const INLINE_WAKE_MAX: usize = 16;
+/// Counts a parked request in a gauge for as long as it is parked, however the park ends (a
+/// panic in a connection's code included).
+struct Parking<'a>(&'a AtomicU64);
+
+impl<'a> Parking<'a> {
+    fn enter(gauge: &'a AtomicU64) -> Parking<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Parking(gauge)
+    }
+}
+
+impl Drop for Parking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks a waiter done when its wait ends, however it ends, so that the waiter lists and the
+/// sweeper drop it.
+struct Finish<'a>(&'a Waiter);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
 
 /// All symbols, the seq counter and the wake machinery. Shared by every handler and the feed.
 pub struct QuoteBook {
     /// Name -> symbol, read without a lock by every request; grows when a publish creates one.
-    symbols: Table<Symbol>,
-    /// The last seq handed out. Incremented only under the changed symbol's publisher lock.
-    seq: AtomicU64,
+    pub(crate) symbols: Table<Symbol>,
+    /// The last seq handed out. Incremented only under the changed symbol's publisher lock
+    /// (alone), or moved up by `advance` once Redis's changes are stored (a cluster node).
+    pub(crate) seq: AtomicU64,
     /// Waiter lists per symbol: one per may worker.
-    lanes: usize,
-    /// How long a poll or stream with a cursor above this node's waits for the node to catch up
-    /// before taking it for a cursor from elsewhere: 0 alone (no other node hands out cursors),
-    /// a moment in a cluster (another node may have applied a change this one has not yet).
-    catch_up: Duration,
+    pub(crate) lanes: usize,
+    /// A cluster node's book: seqs come from Redis, and a cursor above the counter means this
+    /// node is behind (`replica`), not that the cursor comes from elsewhere.
+    replica: bool,
     sweeper: Arc<Sweeper>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl QuoteBook {
@@ -290,25 +222,20 @@ impl QuoteBook {
             symbols: Table::new(max_symbols),
             seq: AtomicU64::new(first_seq),
             lanes: lanes.max(1),
-            catch_up: Duration::ZERO,
+            replica: false,
             sweeper: Sweeper::new(),
             metrics,
         })
     }
 
-    /// A book for a cluster node: seqs come from Redis (`apply_remote`), and a cursor up to
-    /// `catch_up` ahead of this node is waited for rather than resynchronised.
-    pub fn for_cluster(
-        max_symbols: usize,
-        lanes: usize,
-        catch_up: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Arc<QuoteBook> {
+    /// A book for a cluster node: seqs come from Redis (`apply_remote`), and a cursor ahead of
+    /// this node is waited for, never resynchronised (`replica`).
+    pub fn for_cluster(max_symbols: usize, lanes: usize, metrics: Arc<Metrics>) -> Arc<QuoteBook> {
         Arc::new(QuoteBook {
             symbols: Table::new(max_symbols),
             seq: AtomicU64::new(0),
             lanes: lanes.max(1),
-            catch_up,
+            replica: true,
             sweeper: Sweeper::new(),
             metrics,
         })
@@ -370,14 +297,18 @@ impl QuoteBook {
         match created {
             Ok((sym, new)) => {
                 if new {
-                    self.metrics
-                        .symbols
-                        .store(self.symbols.len() as u64, Ordering::Relaxed);
+                    self.count_symbols();
                 }
                 Ok((sym, new))
             }
             Err(Full { max }) => Err(ApiError::SymbolLimit { max }),
         }
+    }
+
+    pub(crate) fn count_symbols(&self) {
+        self.metrics
+            .symbols
+            .store(self.symbols.len() as u64, Ordering::Relaxed);
     }
 
     /// A symbol opening at `price`. The creation is itself a change and takes a seq like any
@@ -418,9 +349,7 @@ impl QuoteBook {
             })
             .map_err(|Full { max }| ApiError::SymbolLimit { max })?;
         if !created.is_empty() {
-            self.metrics
-                .symbols
-                .store(self.symbols.len() as u64, Ordering::Relaxed);
+            self.count_symbols();
         }
         let mut seq = 0;
         for (name, price) in updates {
@@ -455,10 +384,7 @@ impl QuoteBook {
                 seq,
                 ts: now_micros(),
             };
-            sym.latest.store(Arc::new(Latest {
-                json: serialize(&quote),
-                quote,
-            }));
+            sym.latest.store(Arc::new(Latest::new(quote)));
             sym.publishing.store(false, Ordering::SeqCst);
             seq
         };
@@ -487,142 +413,23 @@ impl QuoteBook {
         Answer::build(g, Reason::Change, quotes)
     }
 
-    /// Whether `cursor` is one this book could have handed out, for a stream that resumes. One
-    /// above the counter is waited for (up to the catch-up time: in a cluster another node may
-    /// be a change ahead); one still above it after that comes from elsewhere (an earlier run,
-    /// another cluster), and is answered with a full snapshot. A stream opens once, so a check
-    /// every millisecond does; a long-poll, which a client hopping between nodes sends with
-    /// such a cursor all the time, waits on its symbols instead (`wait_to_catch_up`).
-    pub fn is_future(&self, cursor: u64) -> bool {
-        if cursor <= self.current_seq() {
-            return false;
-        }
-        let until = Instant::now() + self.catch_up;
-        while Instant::now() < until {
-            nap();
-            if cursor <= self.current_seq() {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// A long-poll whose cursor is ahead of this node: in a cluster, the client had its last
-    /// answer from a node that has applied a change this one is still receiving from Redis.
-    /// The poll waits for it like for any change, on its symbols' waiter lists (a node that
-    /// hops is answered the moment the change it waits for lands here, with no polling of the
-    /// counter). `None` when the node is still behind the cursor after the catch-up time (or
-    /// at once, alone): the cursor comes from elsewhere and the caller resynchronises.
-    /// `wait_until(t)` is the poll's own wait on its symbols from `cursor`, up to `t`.
-    fn wait_to_catch_up(
-        &self,
-        symbols: &[&Symbol],
-        cursor: u64,
-        deadline: Instant,
-        wait_until: impl Fn(Instant) -> Wait,
-    ) -> Option<Wait> {
-        if self.catch_up.is_zero() {
-            return None;
-        }
-        let behind_until = (Instant::now() + self.catch_up).min(deadline);
-        loop {
-            // A change at or below the cursor (one the client already has) also wakes the
-            // waiter, and comes back as a Timeout with nothing to answer: look again.
-            match wait_until(behind_until) {
-                Wait::Timeout => {}
-                other => return Some(other),
-            }
-            if cursor <= self.current_seq() {
-                // Caught up: from here it is an ordinary poll.
-                return Some(wait_until(deadline));
-            }
-            if Instant::now() >= behind_until {
-                return None;
-            }
-            if symbols.iter().any(|s| s.latest.load().quote.seq > cursor) {
-                // A change above the cursor is stored but the counter is not yet moved past it
-                // (`apply_remote`, then `advance`): registering again would return at once.
-                // Let the applying thread finish.
-                nap();
-            }
-        }
-    }
-
-    /// Store a change that Redis gave its seq (`cluster`), creating the symbol if new, unless
-    /// the book already has this one or a later one. Returns the symbol to wake, which the caller
-    /// does only after [`QuoteBook::advance`]: a woken poll reads the counter first, and must
-    /// find it at or past the change that woke it.
-    pub fn apply_remote(&self, name: &str, q: RemoteQuote) -> Option<&Symbol> {
-        let quote = |symbol: Arc<str>| Quote {
-            symbol,
-            price: q.price,
-            change: round_cents(q.price - q.open),
-            seq: q.seq,
-            ts: q.ts,
-        };
-        let created = self.symbols.get_or_insert_with(name, |name| {
-            let sym = Symbol::new(quote(name), self.lanes);
-            *lock(&sym.publisher) = q.open;
-            sym
-        });
-        let (sym, new) = match created {
-            Ok(found) => found,
-            Err(Full { max }) => {
-                log::warn!("not following {name}: this node holds at most {max} symbols");
-                return None;
-            }
-        };
-        if new {
-            self.metrics
-                .symbols
-                .store(self.symbols.len() as u64, Ordering::Relaxed);
-            return Some(sym);
-        }
-        let mut open = lock(&sym.publisher);
-        let current = sym.latest.load();
-        if current.quote.seq >= q.seq {
-            return None;
-        }
-        *open = q.open;
-        let quote = quote(Arc::clone(&current.quote.symbol));
-        sym.latest.store(Arc::new(Latest {
-            json: serialize(&quote),
-            quote,
-        }));
-        Some(sym)
-    }
-
-    /// Move the cursor of "now" up to `seq` (never down), once the changes up to it are stored.
-    pub fn advance(&self, seq: u64) {
-        self.seq.fetch_max(seq, Ordering::SeqCst);
-    }
-
-    /// Every symbol's latest quote with its opening price, for writing back to Redis.
-    pub fn remote_quotes(&self) -> Vec<(String, RemoteQuote)> {
-        self.symbols
-            .names()
-            .iter()
-            .filter_map(|name| {
-                let sym = self.symbols.get(name)?;
-                let open = *lock(&sym.publisher);
-                let q = sym.latest.load();
-                Some((
-                    name.to_string(),
-                    RemoteQuote {
-                        seq: q.quote.seq,
-                        ts: q.quote.ts,
-                        price: q.quote.price,
-                        open,
-                    },
-                ))
-            })
-            .collect()
+    /// Whether `cursor` comes from elsewhere (an earlier run, another server): above everything
+    /// this book handed out, on a book that hands out its own seqs. Such a cursor is answered
+    /// with a full snapshot. On a cluster node a cursor above the counter means the node is
+    /// behind: the request waits for it to catch up (`replica`), and is never answered with a
+    /// quote its cursor already covers.
+    pub fn from_elsewhere(&self, cursor: u64) -> bool {
+        !self.replica && cursor > self.current_seq()
     }
 
     /// Wait until one of `symbols` has changed after `cursor`, until `deadline`, or until the
     /// hold sees the client leave; the heart of both the long-poll and the stream. `lane` is the
     /// caller's socket's lane ([`QuoteBook::lane_of`]): any value is correct, the right one is
     /// faster. `waiting` is the gauge that counts the caller while it is parked.
+    ///
+    /// Returns `Changed` only with quotes after `cursor`, and `Timeout` only at the deadline: a
+    /// wake that brings nothing newer (a change the client already has reaching a cluster node
+    /// that is behind, or a change stored but not yet counted, see `replica`) waits again.
     pub fn wait_since(
         &self,
         symbols: &[&Symbol],
@@ -632,26 +439,34 @@ impl QuoteBook {
         hold: &dyn Hold,
         waiting: &AtomicU64,
     ) -> Wait {
-        let waiter = Waiter::new(hold.parker());
-        let ready = symbols.iter().any(|s| s.register(cursor, &waiter, lane));
-        let mut gone = false;
-        if !ready && self.sweeper.add(deadline, waiter.clone()) {
-            waiting.fetch_add(1, Ordering::Relaxed);
-            gone = waiter.wait(hold) == Parked::ClientGone;
-            waiting.fetch_sub(1, Ordering::Relaxed);
-        }
-        // Lets the waiter lists and the sweeper drop their entries.
-        waiter.finish();
-        if gone {
-            return Wait::ClientGone;
-        }
-        let answer = self.changes_since(symbols, cursor);
-        if answer.quotes > 0 {
-            Wait::Changed(answer)
-        } else if self.sweeper.is_shutting_down() {
-            Wait::Shutdown
-        } else {
-            Wait::Timeout
+        loop {
+            let waiter = Waiter::new(hold.parker());
+            // However this wait ends, the waiter lists and the sweeper drop the waiter.
+            let finish = Finish(&waiter);
+            let ready = symbols.iter().any(|s| s.register(cursor, &waiter, lane));
+            if !ready && self.sweeper.add(deadline, waiter.clone()) {
+                let _parked = Parking::enter(waiting);
+                if waiter.wait(hold) == Parked::ClientGone {
+                    return Wait::ClientGone;
+                }
+            }
+            drop(finish);
+            let answer = self.changes_since(symbols, cursor);
+            if answer.quotes > 0 {
+                return Wait::Changed(answer);
+            }
+            if self.sweeper.is_shutting_down() {
+                return Wait::Shutdown;
+            }
+            if Instant::now() >= deadline {
+                return Wait::Timeout;
+            }
+            if ready {
+                // A change above the cursor is stored but the counter is not yet moved past it
+                // (`apply_remote`, then `advance`): registering again would return at once.
+                // Let the applying thread finish.
+                nap();
+            }
         }
     }
 
@@ -669,26 +484,19 @@ impl QuoteBook {
         // Round every wait up to at least 1 ms: the sweeper sleeps in whole milliseconds, and a
         // may wait under 1 ms never fires (should this ever wait on a may timer instead).
         let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
-        let waiting = &self.metrics.polls_waiting;
         // No cursor means "from now".
         let from = cursor.unwrap_or_else(|| self.current_seq());
-        let wait_until = |until| self.wait_since(symbols, from, until, lane, hold, waiting);
-        let waited = if from > self.current_seq() {
-            match self.wait_to_catch_up(symbols, from, deadline, wait_until) {
-                Some(waited) => waited,
-                None => {
-                    // Not a cursor this node (or its cluster) handed out: resynchronise.
-                    let mut a = self.snapshot(symbols);
-                    a.reason = Reason::Resync;
-                    return Some(self.count(a));
-                }
-            }
-        } else {
-            wait_until(deadline)
-        };
-        let answer = match waited {
+        if self.from_elsewhere(from) {
+            // Not a cursor this server handed out: resynchronise.
+            let mut a = self.snapshot(symbols);
+            a.reason = Reason::Resync;
+            return Some(self.count(a));
+        }
+        let waiting = &self.metrics.polls_waiting;
+        let answer = match self.wait_since(symbols, from, deadline, lane, hold, waiting) {
             Wait::Changed(answer) => answer,
-            // The same cursor back, as the contract says.
+            // The same cursor back, as the contract says (also from a cluster node still
+            // behind the client's cursor at the timeout).
             Wait::Timeout => Answer::empty(from, Reason::Timeout),
             Wait::Shutdown => Answer::empty(from, Reason::Shutdown),
             Wait::ClientGone => {
@@ -717,21 +525,6 @@ fn nap() {
         may::coroutine::sleep(Duration::from_millis(1));
     } else {
         std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Wake one lane's list of waiters (module doc): inline when short, else from a coroutine spawned
-/// on the lane's worker, so each unpark is a push onto that worker's own run queue.
-fn wake(lane: usize, waiters: Vec<Arc<Waiter>>) {
-    if waiters.len() <= INLINE_WAKE_MAX {
-        waiters.iter().for_each(|w| w.wake());
-        return;
-    }
-    let builder = may::coroutine::Builder::new().id(lane);
-    let spawned = may::go!(builder, move || waiters.iter().for_each(|w| w.wake()));
-    if let Err(e) = spawned {
-        // The waiters stay parked until their deadline; nothing else is lost.
-        log::error!("cannot spawn the wake-up coroutine of lane {lane}: {e}");
     }
 }
 
@@ -799,73 +592,6 @@ mod tests {
         assert_eq!(a.cursor, b.current_seq());
     }
 
-    /// A cluster node's book holding IBM at seq 100, with a running sweeper.
-    fn cluster_book(catch_up: Duration) -> Arc<QuoteBook> {
-        let b = QuoteBook::for_cluster(10, 1, catch_up, Arc::new(Metrics::default()));
-        b.start_threads().unwrap();
-        apply(&b, "IBM", 100);
-        b
-    }
-
-    /// What the cluster's subscriber does with a change from Redis: store, advance, wake.
-    fn apply(b: &QuoteBook, name: &str, seq: u64) {
-        let q = RemoteQuote {
-            seq,
-            ts: seq,
-            price: seq as f64,
-            open: 1.0,
-        };
-        let sym = b.apply_remote(name, q);
-        b.advance(seq);
-        if let Some(sym) = sym {
-            sym.wake_all();
-        }
-    }
-
-    fn wait_until_polls_waiting(b: &QuoteBook, n: u64) {
-        for _ in 0..10_000 {
-            if b.metrics.polls_waiting.load(Ordering::Relaxed) == n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        panic!("never {n} polls waiting");
-    }
-
-    #[test]
-    fn a_poll_ahead_of_a_cluster_node_waits_for_the_change_and_skips_what_it_has() {
-        let b = cluster_book(Duration::from_secs(60));
-        let poller = {
-            let b = Arc::clone(&b);
-            std::thread::spawn(move || {
-                let syms = b.resolve(&["IBM".into()]).unwrap();
-                b.poll(&syms, Some(105), Duration::from_secs(60), 0, &PlainHold)
-            })
-        };
-        wait_until_polls_waiting(&b, 1);
-        // The change the client already saw on another node lands here: nothing to answer.
-        apply(&b, "IBM", 105);
-        wait_until_polls_waiting(&b, 1);
-        assert!(!poller.is_finished());
-        apply(&b, "IBM", 107);
-        let a = poller.join().unwrap().unwrap();
-        assert_eq!(a.reason, Reason::Change);
-        assert_eq!(a.cursor, 107);
-        assert_eq!(parsed(&a)[0]["seq"], 107);
-    }
-
-    #[test]
-    fn a_poll_still_ahead_after_the_catch_up_time_resyncs() {
-        let b = cluster_book(Duration::from_millis(20));
-        let syms = b.resolve(&["IBM".into()]).unwrap();
-        let a = b
-            .poll(&syms, Some(500), Duration::from_secs(60), 0, &PlainHold)
-            .unwrap();
-        assert_eq!(a.reason, Reason::Resync);
-        assert_eq!(a.cursor, 100);
-        assert_eq!(parsed(&a)[0]["seq"], 100);
-    }
-
     #[test]
     fn creating_a_symbol_over_the_limit_is_refused() {
         let b = QuoteBook::with_first_seq(1, 1, 1, Arc::new(Metrics::default()));
@@ -896,20 +622,5 @@ mod tests {
         assert_eq!(seq, b.current_seq());
         assert_eq!(b.get("A").unwrap().quote().price, 2.0);
         assert_eq!(b.get("C").unwrap().quote().price, 4.0);
-    }
-
-    #[test]
-    fn answer_json_joins_preserialized_quotes() {
-        let a = Answer::build(
-            7,
-            Reason::Change,
-            [&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]].into_iter(),
-        );
-        assert_eq!(a.json, b"{\"cursor\":7,\"quotes\":[{\"a\":1},{\"b\":2}]}");
-        assert_eq!(a.quotes, 2);
-        assert_eq!(
-            Answer::empty(9, Reason::Timeout).json,
-            b"{\"cursor\":9,\"quotes\":[]}"
-        );
     }
 }

@@ -67,6 +67,11 @@ pub struct Cli {
     #[arg(long, env = "COMET_MAX_SYMBOLS", default_value_t = 1000)]
     pub max_symbols: usize,
 
+    /// Most client connections at once; more get a 503 with Retry-After and are closed [default:
+    /// the open-file limit less 64, and at most what vm.max_map_count allows in coroutine stacks].
+    #[arg(long, env = "COMET_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
     /// Largest request body in bytes (publish); larger bodies get 413.
     #[arg(long, env = "COMET_MAX_BODY", default_value_t = 64 * 1024)]
     pub max_body: usize,
@@ -151,6 +156,15 @@ pub struct Cli {
     #[arg(long, env = "COMET_REDIS")]
     pub redis: Option<String>,
 
+    /// Seconds within which a Redis that stopped answering is noticed (ping, command timeouts,
+    /// TCP keepalive); the node then answers publishes 503 and reconnects.
+    #[arg(long, env = "COMET_REDIS_TIMEOUT", default_value_t = 3.0)]
+    pub redis_timeout: f64,
+
+    /// Answer GET /debug/panic by panicking (tests of panic containment only).
+    #[arg(long, hide = true)]
+    pub test_panic_route: bool,
+
     /// HTTP connection layer.
     #[arg(long, env = "COMET_ENGINE", value_enum, default_value_t = Engine::Native)]
     pub engine: Engine,
@@ -168,6 +182,8 @@ pub struct Config {
     pub max_symbols_per_request: usize,
     pub max_symbols: usize,
     pub max_body: usize,
+    /// `--max-connections`; `None`: from the host's limits at start (`server`).
+    pub max_connections: Option<usize>,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub heartbeat: Duration,
@@ -186,6 +202,8 @@ pub struct Config {
     pub public_symbols: Scope,
     pub cors_origins: CorsOrigins,
     pub redis: Option<String>,
+    pub redis_timeout: Duration,
+    pub test_panic_route: bool,
     pub engine: Engine,
 }
 
@@ -241,6 +259,10 @@ impl Cli {
         let max_stream = at_least_1ms("max-stream", self.max_stream)?;
         let write_timeout = at_least_1ms("write-timeout", self.write_timeout)?;
         let shutdown_grace = seconds("shutdown-grace", self.shutdown_grace)?;
+        let redis_timeout = seconds("redis-timeout", self.redis_timeout)?;
+        if redis_timeout < Duration::from_millis(100) {
+            return Err("--redis-timeout must be at least 0.1".into());
+        }
         let feed_interval = seconds("feed-interval", self.feed_interval)?;
         if feed_interval < Duration::from_millis(1) {
             return Err("--feed-interval must be at least 0.001".into());
@@ -250,6 +272,9 @@ impl Cli {
         }
         if self.max_body == 0 {
             return Err("--max-body must be at least 1".into());
+        }
+        if self.max_connections == Some(0) {
+            return Err("--max-connections must be at least 1".into());
         }
         let mut symbols: Vec<String> = Vec::new();
         for raw in self
@@ -337,6 +362,7 @@ impl Cli {
             max_symbols_per_request: self.max_symbols_per_request,
             max_symbols: self.max_symbols,
             max_body: self.max_body,
+            max_connections: self.max_connections,
             idle_timeout,
             header_timeout,
             heartbeat,
@@ -355,6 +381,8 @@ impl Cli {
             public_symbols,
             cors_origins,
             redis: self.redis,
+            redis_timeout,
+            test_panic_route: self.test_panic_route,
             engine: self.engine,
         })
     }

@@ -57,12 +57,16 @@ pub enum ApiError {
     NotFound(String),
     /// A cluster node cannot reach Redis, so it cannot publish now (503, with Retry-After).
     Unavailable,
+    /// A cluster node has not loaded the quote book from Redis yet (503, with Retry-After).
+    NotReady,
+    /// More connections than `--max-connections` (503, with Retry-After).
+    Overloaded,
 }
 
 impl ApiError {
     /// The single place where errors become HTTP status codes. All are 4xx, except a transfer
-    /// coding the server does not implement (501, RFC 9112 §6.1) and a cluster node without its
-    /// Redis (503).
+    /// coding the server does not implement (501, RFC 9112 §6.1) and a node that cannot serve now
+    /// (503: no Redis, not synced yet, too many connections).
     pub fn status(&self) -> u16 {
         use ApiError::*;
         match self {
@@ -78,7 +82,7 @@ impl ApiError {
             BodyTooLarge { .. } => 413,
             SymbolLimit { .. } => 422,
             HeadersTooLarge { .. } => 431,
-            Unavailable => 503,
+            Unavailable | NotReady | Overloaded => 503,
         }
     }
 }
@@ -138,6 +142,11 @@ impl fmt::Display for ApiError {
                 f,
                 "cannot publish now: this node has lost its Redis; retry shortly"
             ),
+            NotReady => write!(
+                f,
+                "not ready: this node has not loaded the quotes from Redis yet; retry shortly"
+            ),
+            Overloaded => write!(f, "too many connections; retry shortly"),
         }
     }
 }
@@ -168,7 +177,13 @@ mod tests {
             ApiError::UnsupportedTransferCoding("gzip".into()).status(),
             501
         );
-        assert_eq!(ApiError::Unavailable.status(), 503);
+        for e in [
+            ApiError::Unavailable,
+            ApiError::NotReady,
+            ApiError::Overloaded,
+        ] {
+            assert_eq!(e.status(), 503);
+        }
         let all = [
             ApiError::BadRequest("x".into()),
             ApiError::HeadersTooLarge {

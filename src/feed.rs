@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::book::QuoteBook;
-use crate::cluster::Cluster;
+use crate::app::App;
 
 /// A plausible opening price for a symbol: between $10 and $500, in cents.
 pub fn opening_price(rng: &mut impl Rng) -> f64 {
@@ -46,11 +45,11 @@ pub fn next_price(rng: &mut impl Rng, price: f64) -> f64 {
     next / 100.0
 }
 
-/// Moves `symbols` of `book` until `stop` is set. Holds no lock between ticks.
+/// Moves `symbols` of the book until `stop` is set. Holds no lock between ticks. Publishes the way
+/// the routes do (`App::publish`): into the book alone, through Redis on a cluster node, and
+/// there only while this node holds the feed lease.
 pub struct Feed {
-    pub book: Arc<QuoteBook>,
-    /// Set on a cluster node: publish through Redis, and only while holding the lease.
-    pub cluster: Option<Arc<Cluster>>,
+    pub app: Arc<App>,
     pub symbols: Vec<String>,
     pub mean_interval: Duration,
     pub rng: StdRng,
@@ -59,15 +58,14 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(
-        book: Arc<QuoteBook>,
+        app: Arc<App>,
         symbols: Vec<String>,
         mean_interval: Duration,
         seed: u64,
         stop: Arc<AtomicBool>,
     ) -> Feed {
         Feed {
-            book,
-            cluster: None,
+            app,
             symbols,
             mean_interval,
             rng: StdRng::seed_from_u64(seed),
@@ -104,14 +102,10 @@ impl Feed {
                 continue;
             }
             let symbol = &self.symbols[i];
-            let leading = self.cluster.as_ref().is_none_or(|c| c.is_feed_leader());
-            if let Some(sym) = self.book.get(symbol).filter(|_| leading) {
+            let leading = self.app.cluster.as_ref().is_none_or(|c| c.is_feed_leader());
+            if let Some(sym) = self.app.book.get(symbol).filter(|_| leading) {
                 let price = next_price(&mut self.rng, sym.quote().price);
-                let published = match &self.cluster {
-                    Some(c) => c.publish(&[(symbol.clone(), price)]),
-                    None => self.book.publish(symbol, price),
-                };
-                if let Err(e) = published {
+                if let Err(e) = self.app.publish(&[(symbol.clone(), price)]) {
                     log::debug!("feed could not publish {symbol}: {e}");
                 }
             }

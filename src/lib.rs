@@ -7,7 +7,10 @@
 //! - [`auth`]: who may read and publish which symbols: the publish token, JWT grants, their
 //!   cache.
 //! - [`cors`]: which pages on other origins may read `/api/`, and the headers that say so.
-//! - [`book`]: the quote book: prices, sequence numbers, waiter lanes; **where a request waits**.
+//! - [`book`]: the quote book: prices and their sequence numbers; **where a request waits**.
+//! - [`lanes`]: a symbol's waiters, one list per may worker, and how a change wakes them.
+//! - [`answer`]: the `{"cursor":N,"quotes":[...]}` answer, built from pre-serialized quotes.
+//! - [`replica`]: a cluster node's book: the rules for changes numbered by Redis.
 //! - [`table`]: the lock-free name -> symbol table.
 //! - [`names`]: what a symbol name is.
 //! - [`waiter`]: one held request, how it parks (`Hold`), and the sweeper thread that ends the
@@ -25,7 +28,9 @@
 //! - [`metrics`]: counters and their Prometheus rendering.
 //! - [`error`]: the error enum of the HTTP boundary and its status codes.
 //! - [`server`]: wiring, runtime settings, start-up and shutdown.
+//! - [`throttle`]: at most one log line per interval for trouble that repeats.
 
+pub mod answer;
 pub mod app;
 pub mod assets;
 pub mod auth;
@@ -36,8 +41,10 @@ pub mod cors;
 pub mod error;
 pub mod feed;
 pub mod http;
+pub mod lanes;
 pub mod metrics;
 pub mod names;
+pub mod replica;
 pub mod reply;
 pub mod request;
 pub mod routes;
@@ -45,6 +52,7 @@ pub mod server;
 pub mod sse;
 pub mod stream;
 pub mod table;
+pub mod throttle;
 pub mod waiter;
 
 pub use config::Config;

@@ -25,6 +25,10 @@ pub struct Metrics {
     /// Open client connections (gauge).
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Connections closed at once with a 503: past `--max-connections`, or no coroutine for them.
+    pub connections_refused: AtomicU64,
+    /// Panics caught: each ended one connection (or request), nothing else.
+    pub panics: AtomicU64,
     /// Requests between parsed and answered, held polls included (gauge).
     pub in_flight: AtomicU64,
     /// Long-polls parked right now (gauge).
@@ -125,6 +129,18 @@ impl Metrics {
             "counter",
             "Client connections accepted.",
             g(&self.connections_total),
+        );
+        one(
+            "comet_connections_refused_total",
+            "counter",
+            "Connections refused with a 503 (past --max-connections, or no coroutine for them).",
+            g(&self.connections_refused),
+        );
+        one(
+            "comet_panics_total",
+            "counter",
+            "Panics caught; each ended one connection and nothing else.",
+            g(&self.panics),
         );
         one(
             "comet_requests_in_flight",

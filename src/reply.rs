@@ -99,7 +99,9 @@ pub fn error_reply(e: &ApiError) -> Reply {
     let reply = Reply::json(e.status(), body.to_string().into_bytes());
     match e {
         ApiError::MethodNotAllowed { allow } => reply.header("Allow", (*allow).to_string()),
-        ApiError::Unavailable => reply.header("Retry-After", "1".to_string()),
+        ApiError::Unavailable | ApiError::NotReady | ApiError::Overloaded => {
+            reply.header("Retry-After", "1".to_string())
+        }
         ApiError::MissingToken => reply.header("WWW-Authenticate", "Bearer".to_string()),
         ApiError::InvalidToken(_) | ApiError::ExpiredToken => reply.header(
             "WWW-Authenticate",

@@ -93,6 +93,10 @@ fn only_get(req: &Request) -> Result<(), ApiError> {
 }
 
 fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>, ApiError> {
+    if req.path.starts_with("/api/") && !app.has_book() {
+        // A cluster node that has not loaded the quotes from Redis yet.
+        return Err(ApiError::NotReady);
+    }
     match req.path.as_str() {
         "/api/poll" => {
             only_get(&req)?;
@@ -182,6 +186,25 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
             let symbols = app.book.resolve(&names)?;
             Ok(answer_reply(app.book.snapshot(&symbols)))
         }
+        // For load balancers and orchestrators: the process serves / it serves current data.
+        "/healthz" => {
+            only_get(req)?;
+            Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec()))
+        }
+        "/readyz" => {
+            only_get(req)?;
+            Ok(match app.readiness() {
+                Ok(()) => Reply::json(200, br#"{"status":"ready"}"#.to_vec()),
+                Err(why) => Reply::json(
+                    503,
+                    serde_json::json!({ "status": "not ready", "why": why })
+                        .to_string()
+                        .into_bytes(),
+                )
+                .header("Retry-After", "1".to_string()),
+            })
+        }
+        "/debug/panic" if app.config.test_panic_route => test_panic(app, req),
         "/metrics" => {
             only_get(req)?;
             Ok(Reply::text(
@@ -195,6 +218,38 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
             only_get(req)?;
             Ok(asset.reply(req.if_none_match.as_deref()))
         }
+    }
+}
+
+/// `--test-panic-route` only: panic, at once or (`at=hold&symbols=S`) while parked as a long-poll,
+/// with a waiter on `S`'s lists, a deadline with the sweeper and the waiting gauge up, to show
+/// that a panic in a connection's code leaks none of them.
+fn test_panic(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let q = Query::parse(&req.query);
+    if q.get("at") == Some("hold") {
+        let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
+        let symbols = app.book.resolve(&names)?;
+        let _ = app.book.poll(
+            &symbols,
+            None,
+            Duration::from_secs(60),
+            req.lane,
+            &PanicOnPark,
+        );
+    }
+    panic!("the test panic route");
+}
+
+/// A hold that panics when parked (`test_panic`).
+struct PanicOnPark;
+
+impl Hold for PanicOnPark {
+    fn parker(&self) -> crate::waiter::Parker {
+        crate::waiter::Parker::current()
+    }
+
+    fn park(&self) -> crate::waiter::Parked {
+        panic!("the test panic route, while parked");
     }
 }
 

@@ -33,11 +33,57 @@ pub fn configure_runtime(config: &Config) {
     // on the 2-core machine, with the load generator sharing the cores, pinning doubled the
     // time to fan one change out to 10,000 polls (bench/README.md). So pinning is opt-in.
     may::config().set_worker_pin(config.pin_workers);
+    raise_open_file_limit();
 }
 
-/// How long a cluster node waits for a cursor ahead of it (another node applied a change first)
-/// before taking it for one from elsewhere.
-const CLUSTER_CATCH_UP: Duration = Duration::from_secs(1);
+/// Open files kept back from client connections: the listener, each worker's epoll and event
+/// descriptors, stdio, the Redis connections, log files.
+const FD_RESERVE: usize = 64;
+/// Memory mappings kept back from coroutine stacks: the binary, its libraries, the heap's arenas.
+const MAP_RESERVE: usize = 1024;
+
+/// Raise the soft open-file limit to the hard one: every held client is a socket, and a soft
+/// limit of 1,024 (a common default) would cap the server far below what the host allows.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                log::debug!("could not raise the open-file limit to {}", lim.rlim_max);
+            }
+        }
+    }
+}
+
+/// The default `--max-connections`: one socket each within the open-file limit, and one coroutine
+/// stack (two memory mappings) each within `vm.max_map_count`, less what the process needs for
+/// itself. A node at this cap refuses new clients with a 503 instead of failing to accept them or
+/// to start their coroutines.
+pub fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid resource and a pointer to a local struct.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    let stacks = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map_or(usize::MAX, |maps| maps.saturating_sub(MAP_RESERVE) / 2);
+    files.saturating_sub(FD_RESERVE).min(stacks).max(1)
+}
 
 /// A running server.
 pub struct Server {
@@ -83,7 +129,6 @@ impl Server {
                 let book = QuoteBook::for_cluster(
                     config.max_symbols,
                     config.workers,
-                    CLUSTER_CATCH_UP,
                     Arc::clone(&metrics),
                 );
                 let cluster = Cluster::start(
@@ -93,27 +138,12 @@ impl Server {
                     config.max_symbols,
                     opening,
                     config.feed.is_some(),
+                    config.redis_timeout,
                 )?;
                 (book, Some(cluster))
             }
         };
         book.start_threads()?;
-
-        let feed_stop = Arc::new(AtomicBool::new(false));
-        if let Some(feed) = &config.feed {
-            if cluster.is_none() {
-                metrics.feed_leader.store(1, Ordering::Relaxed);
-            }
-            let mut feed = Feed::new(
-                Arc::clone(&book),
-                config.symbols.clone(),
-                feed.mean_interval,
-                rng.gen(),
-                Arc::clone(&feed_stop),
-            );
-            feed.cluster = cluster.clone();
-            feed.spawn()?;
-        }
 
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
@@ -125,13 +155,31 @@ impl Server {
             config.public_symbols.clone(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(default_max_connections);
         let app = Arc::new(App {
             config,
             book,
             metrics,
             cluster,
             auth,
+            max_connections,
         });
+        let feed_stop = Arc::new(AtomicBool::new(false));
+        if let Some(feed) = &app.config.feed {
+            if app.cluster.is_none() {
+                app.metrics.feed_leader.store(1, Ordering::Relaxed);
+            }
+            Feed::new(
+                Arc::clone(&app),
+                app.config.symbols.clone(),
+                feed.mean_interval,
+                rng.gen(),
+                Arc::clone(&feed_stop),
+            )
+            .spawn()?;
+        }
         match engine {
             Engine::Native => {
                 // SAFETY: the fd comes from a listener we own and give up here.
@@ -148,10 +196,12 @@ impl Server {
             }
         }
         log::info!(
-            "serving {} symbols on {addr} with {:?} engine, {} workers, seed {seed}",
+            "serving {} symbols on {addr} with {:?} engine, {} workers, at most {} connections, \
+             seed {seed}",
             app.book.len(),
             engine,
-            app.config.workers
+            app.config.workers,
+            app.max_connections
         );
         Ok(Server {
             app,

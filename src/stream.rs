@@ -97,7 +97,9 @@ fn run(app: &App, s: Stream<'_>, mut out: Vec<u8>, io: &mut dyn StreamIo) -> End
         Instant::now() + lifetime(config.max_stream, &mut rand::rngs::StdRng::from_entropy());
     sse::preamble(RETRY, &mut out);
     let mut cursor = match s.cursor {
-        Some(c) if !book.is_future(c) => c,
+        // On a cluster node that is behind this cursor, the stream waits for it to catch up
+        // (`replica`): its first event is then what changed after the cursor, never older.
+        Some(c) if !book.from_elsewhere(c) => c,
         // No cursor, or one from elsewhere: start with every requested quote.
         _ => {
             let snapshot = book.snapshot(&s.symbols);

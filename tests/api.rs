@@ -340,3 +340,14 @@ fn request_head_larger_than_one_read_is_served() {
         assert_eq!(c.read_response().unwrap().status, 200);
     }
 }
+
+#[test]
+fn a_lone_node_is_healthy_and_ready() {
+    let s = TestServer::start(&[]);
+    for path in ["/healthz", "/readyz"] {
+        let r = s.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.json()["status"].is_string());
+    }
+    assert_eq!(request(s.addr, "POST", "/readyz", &[], b"x").status, 405);
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::sse::{prices, SseClient};
 use common::TestServer;
-use redis_server::{redis_available, RedisServer};
+use redis_server::{redis_available, Partition, RedisServer};
 
 const SYMBOLS: &str = "IBM,MSFT,AAPL";
 
@@ -25,8 +25,12 @@ fn node(r: &RedisServer, extra: &[&str]) -> TestServer {
 
 /// A node that brings `symbols` (created in Redis when nobody has them yet).
 fn node_with(r: &RedisServer, symbols: &str, extra: &[&str]) -> TestServer {
-    let url = r.url();
-    let mut args = vec!["--redis", url.as_str(), "--symbols", symbols];
+    node_at(&r.url(), symbols, extra)
+}
+
+/// A node of the cluster in the Redis at `url` (Redis itself, or a `Partition` in front of it).
+fn node_at(url: &str, symbols: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--redis", url, "--symbols", symbols];
     args.extend_from_slice(extra);
     TestServer::start(&args)
 }
@@ -475,4 +479,263 @@ fn grants_are_checked_on_every_node_and_a_jwt_publishes_through_redis() {
         a.metric("comet_auth_refused_total{reason=\"forbidden\"}"),
         2
     );
+}
+
+/// `cq:quotes`' entry for `symbol` in Redis: (seq, price).
+fn stored(r: &RedisServer, symbol: &str) -> Option<(u64, f64)> {
+    let mut c = r.connection().expect("connect to redis");
+    let v: Option<String> = redis::cmd("HGET")
+        .arg("cq:quotes")
+        .arg(symbol)
+        .query(&mut c)
+        .expect("HGET");
+    let v = v?;
+    let mut parts = v.split(' ');
+    let seq = parts.next()?.parse().ok()?;
+    let price = parts.nth(1)?.parse().ok()?;
+    Some((seq, price))
+}
+
+/// The seq of `symbol`'s latest quote on `s`.
+fn seq_on(s: &TestServer, symbol: &str) -> u64 {
+    s.get(&format!("/api/quotes?symbols={symbol}")).json()["quotes"][0]["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_silent_redis_is_noticed_publishes_fail_fast_and_held_polls_survive_it() {
+    if !redis_available("a_silent_redis_is_noticed_publishes_fail_fast_and_held_polls_survive_it") {
+        return;
+    }
+    let r = RedisServer::start();
+    let a = node(&r, &[]);
+    assert_eq!(a.get("/readyz").status, 200);
+    let cursor = a.cursor("IBM");
+    let mut poll = a.send_poll(&format!("symbols=IBM&cursor={cursor}&timeout=60"));
+    a.wait_for_metric("comet_polls_waiting", 1);
+    // Redis stops answering, closing nothing (a hung host, a partition).
+    r.stop();
+    let stopped = Instant::now();
+    a.wait_for_metric_within("comet_redis_up", 0, Duration::from_secs(4));
+    let ready = a.get("/readyz");
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.header("retry-after"), Some("1"));
+    assert_eq!(a.get("/healthz").status, 200);
+    let t = Instant::now();
+    let refused = a.post("/api/quotes", r#"{"symbol":"IBM","price":5}"#);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The node keeps serving its last quotes, and the held poll stays held, for the whole outage.
+    while stopped.elapsed() < Duration::from_secs(10) {
+        assert_eq!(a.get("/api/quotes?symbols=IBM").status, 200);
+        assert_eq!(a.metric("comet_polls_waiting"), 1);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    r.cont();
+    a.wait_for_metric_within("comet_redis_up", 1, Duration::from_secs(15));
+    assert_eq!(a.get("/readyz").status, 200);
+    publish_acked(&a, "IBM", 55.5);
+    assert_eq!(
+        poll.read_response().unwrap().prices(),
+        [("IBM".to_string(), 55.5)]
+    );
+}
+
+#[test]
+fn a_node_started_while_redis_is_down_says_so_answers_503_and_exits_on_sigterm() {
+    if !redis_available(
+        "a_node_started_while_redis_is_down_says_so_answers_503_and_exits_on_sigterm",
+    ) {
+        return;
+    }
+    let mut r = RedisServer::unstarted();
+    let url = r.url();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--redis",
+        url.as_str(),
+        "--symbols",
+        "IBM",
+        "--publish-token",
+        common::PUBLISH_TOKEN,
+    ];
+    let mut lone = TestServer::spawn(&args, &[("RUST_LOG", "warn")]);
+    lone.wait_for_stderr(
+        &format!("waiting for Redis at {url}"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(lone.get("/healthz").status, 200);
+    for path in ["/readyz", "/api/quotes?symbols=IBM", "/api/symbols"] {
+        let resp = lone.get(path);
+        assert_eq!(resp.status, 503, "{path}");
+        assert_eq!(resp.header("retry-after"), Some("1"), "{path}");
+    }
+    let t = Instant::now();
+    assert!(lone.terminate().success());
+    // Within the shutdown grace (2 s), plus the time to notice the signal.
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // Another waits, says so at most once every 5 s, and becomes ready when Redis starts.
+    let waiting = TestServer::spawn(&args, &[("RUST_LOG", "warn")]);
+    waiting.wait_for_stderr("waiting for Redis", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(6));
+    let lines = waiting.stderr().matches("waiting for Redis").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} lines in 6 s:\n{}",
+        waiting.stderr()
+    );
+    r.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while waiting.get("/readyz").status != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(waiting.get("/api/quotes?symbols=IBM").status, 200);
+}
+
+#[test]
+fn after_redis_restarts_empty_each_held_poll_gets_exactly_the_next_real_change() {
+    if !redis_available(
+        "after_redis_restarts_empty_each_held_poll_gets_exactly_the_next_real_change",
+    ) {
+        return;
+    }
+    let mut r = RedisServer::start();
+    let a = node(&r, &[]);
+    let b = node(&r, &["--heartbeat", "60"]);
+    publish_acked(&a, "IBM", 10.0);
+    let msft = publish_acked(&a, "MSFT", 20.0);
+    wait_price(&b, "MSFT", 20.0);
+    let cursor = b.cursor(SYMBOLS);
+    let mut polls: Vec<common::Conn> = (0..5)
+        .map(|_| b.send_poll(&format!("symbols={SYMBOLS}&cursor={cursor}&timeout=60")))
+        .collect();
+    let id = cursor.to_string();
+    let mut stream = SseClient::open(
+        b.addr,
+        &format!("symbols={SYMBOLS}"),
+        &[("Last-Event-ID", &id)],
+    );
+    b.wait_for_metric("comet_polls_waiting", 5);
+    b.wait_for_metric("comet_streams_waiting", 1);
+    r.kill9();
+    r.forget_dump();
+    r.restart();
+    a.wait_for_metric("comet_redis_up", 1);
+    b.wait_for_metric("comet_redis_up", 1);
+    // Both nodes wrote their quotes back, each with the seq of its change: nobody was woken.
+    assert_eq!(stored(&r, "MSFT"), Some((msft, 20.0)));
+    assert_eq!(seq_on(&b, "MSFT"), msft);
+    assert_eq!(b.metric("comet_polls_waiting"), 5);
+    assert_eq!(b.metric("comet_streams_waiting"), 1);
+    // The next real change is what they all get, and all they get.
+    let seq = publish_acked(&a, "AAPL", 30.0);
+    for p in &mut polls {
+        let answer = p.read_response().unwrap();
+        assert_eq!(answer.prices(), [("AAPL".to_string(), 30.0)]);
+        assert_eq!(answer.json()["cursor"].as_u64(), Some(seq));
+    }
+    let (id, data) = stream.next_event();
+    assert_eq!(id, seq);
+    assert_eq!(prices(&data), [("AAPL".to_string(), 30.0)]);
+}
+
+#[test]
+fn a_change_one_node_missed_ends_everywhere_whichever_node_writes_back_first() {
+    if !redis_available("a_change_one_node_missed_ends_everywhere_whichever_node_writes_back_first")
+    {
+        return;
+    }
+    let mut r = RedisServer::start();
+    let (to_a, to_b) = (Partition::to(r.port), Partition::to(r.port));
+    let a = node_at(&to_a.url(), SYMBOLS, &[]);
+    let b = node_at(&to_b.url(), SYMBOLS, &[]);
+    publish_acked(&a, "IBM", 100.0);
+    wait_price(&b, "IBM", 100.0);
+    // B is cut off, and misses IBM@101.
+    to_b.cut();
+    let seq101 = publish_acked(&a, "IBM", 101.0);
+    wait_price(&a, "IBM", 101.0);
+    b.wait_for_metric("comet_redis_up", 0);
+    // Redis loses everything; B gets back to it first and writes back its older IBM@100.
+    to_a.cut();
+    r.kill9();
+    r.forget_dump();
+    r.restart();
+    to_b.heal();
+    b.wait_for_metric("comet_redis_up", 1);
+    let (seq100, price) = stored(&r, "IBM").expect("B wrote IBM back");
+    assert_eq!(price, 100.0);
+    assert!(seq100 < seq101);
+    // Then A: its IBM@101 is newer, so it wins, in Redis and on B.
+    a.wait_for_metric("comet_redis_up", 0);
+    to_a.heal();
+    a.wait_for_metric("comet_redis_up", 1);
+    wait_price(&b, "IBM", 101.0);
+    wait_price(&a, "IBM", 101.0);
+    assert_eq!(stored(&r, "IBM"), Some((seq101, 101.0)));
+    assert_eq!(seq_on(&b, "IBM"), seq101);
+}
+
+#[test]
+fn a_node_that_lags_never_moves_a_clients_prices_or_cursor_backwards() {
+    if !redis_available("a_node_that_lags_never_moves_a_clients_prices_or_cursor_backwards") {
+        return;
+    }
+    let r = RedisServer::start();
+    let to_b = Partition::to(r.port);
+    let a = node(&r, &[]);
+    let b = node_at(&to_b.url(), SYMBOLS, &["--heartbeat", "0.2"]);
+    publish_acked(&a, "IBM", 1.0);
+    wait_price(&b, "IBM", 1.0);
+    // B falls behind: it still serves, with the last quotes it has.
+    to_b.cut();
+    publish_acked(&a, "IBM", 2.0);
+    publish_acked(&a, "MSFT", 3.0);
+    let ahead = a.cursor(SYMBOLS);
+    // A client that had its last answer from A comes to B: held, then its own cursor back.
+    let answer = b.get(&format!(
+        "/api/poll?symbols={SYMBOLS}&cursor={ahead}&timeout=0.5"
+    ));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["cursor"].as_u64(), Some(ahead));
+    assert!(answer.prices().is_empty(), "{}", answer.text());
+    // A stream resuming there: heartbeats, no event with B's older quotes.
+    let id = ahead.to_string();
+    let mut stream = SseClient::open(
+        b.addr,
+        &format!("symbols={SYMBOLS}"),
+        &[("Last-Event-ID", &id)],
+    );
+    for _ in 0..4 {
+        match stream.next() {
+            Some(common::sse::Item::Comment(_)) | Some(common::sse::Item::Retry(_)) => {}
+            other => panic!("a lagging node sent {other:?}"),
+        }
+    }
+    let mut held = b.send_poll(&format!("symbols={SYMBOLS}&cursor={ahead}&timeout=60"));
+    b.wait_for_metric("comet_polls_waiting", 1);
+    // B catches up with what the client already has: nothing for it; then the next change.
+    to_b.heal();
+    wait_price(&b, "MSFT", 3.0);
+    assert_eq!(b.metric("comet_polls_waiting"), 1);
+    let seq = publish_acked(&a, "IBM", 4.0);
+    let answer = held.read_response().unwrap();
+    assert_eq!(answer.prices(), [("IBM".to_string(), 4.0)]);
+    assert_eq!(answer.json()["cursor"].as_u64(), Some(seq));
+    let (id, data) = stream.next_event();
+    assert_eq!(id, seq);
+    assert_eq!(prices(&data), [("IBM".to_string(), 4.0)]);
 }

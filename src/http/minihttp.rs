@@ -117,14 +117,22 @@ impl may_minihttp::HttpService for Service {
         self.app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let reply: Reply = match self.request(req) {
             // No socket to park on here: a held poll cannot see its client leave.
-            Ok(req) => match routes::handle(&self.app, req, &PlainHold) {
-                Response::Reply(reply) => reply,
+            // A panic in the routes ends this request with a 500, not may_minihttp's connection
+            // loop (as in the native layer, it is counted).
+            Ok(req) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                routes::handle(&self.app, req, &PlainHold)
+            })) {
+                Ok(Response::Reply(reply)) => reply,
                 // may_minihttp answers with one body; it cannot stream.
-                Response::Stream(_) => Reply::json(
+                Ok(Response::Stream(_)) => Reply::json(
                     501,
                     br#"{"error":"streaming needs the native engine (--engine native)"}"#.to_vec(),
                 ),
-                Response::ClientGone => return Ok(()),
+                Ok(Response::ClientGone) => return Ok(()),
+                Err(_) => {
+                    self.app.metrics.panics.fetch_add(1, Ordering::Relaxed);
+                    Reply::json(500, br#"{"error":"internal error"}"#.to_vec())
+                }
             },
             Err(e) => {
                 let r = error_reply(&e);

@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,11 +20,12 @@ use may::net::{TcpListener, TcpStream};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::date;
-use crate::http::protocol::{self, decode_chunked, parse_head, BodyLength};
+use crate::http::protocol::{self, BodyLength, ChunkedDecoder, HeadScanner};
 use crate::reply::{error_reply, Reply};
 use crate::request::Request;
 use crate::routes::{self, Response};
 use crate::stream::{self, StreamIo};
+use crate::throttle::Throttle;
 use crate::waiter::{Expire, Hold, Parked, Parker, Sweeper};
 
 /// Bytes read at a time. Under 1 KiB so the buffer comes from glibc's per-thread cache (chunks up
@@ -33,26 +35,128 @@ const READ_CHUNK: usize = 1000;
 
 /// Accept connections forever on a coroutine; each connection gets its own coroutine.
 pub fn serve(listener: TcpListener, app: Arc<App>) -> io::Result<may::coroutine::JoinHandle<()>> {
-    let spawn = move || {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(stream) => {
-                    let app = Arc::clone(&app);
-                    may::go!(move || connection(stream, app));
-                }
-                Err(e) => {
-                    // EMFILE and friends: without a pause the accept loop spins at 100% CPU
-                    // until descriptors free up.
-                    log::warn!("accept failed: {e}");
-                    may::coroutine::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    };
     may::go!(
         may::coroutine::Builder::new().name("accept".to_owned()),
-        spawn
+        move || accept_loop(listener, app)
     )
+}
+
+/// Longest pause of the accept loop after a failure that more accepts would only repeat.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The accept loop. Nothing a client does, and no shortage of descriptors, memory or coroutine
+/// stacks, ends it: the node would look healthy while refusing everyone.
+/// - Past `--max-connections` a client gets a 503 with `Retry-After` and is closed at once.
+/// - `EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS` and a connection coroutine that cannot be spawned
+///   make it pause, from 10 ms doubling to a second, instead of spinning on the same failure.
+/// - It logs such trouble at most once a second, with the count of what it did not log.
+fn accept_loop(listener: TcpListener, app: Arc<App>) {
+    let mut backoff = AcceptBackoff {
+        pause: Duration::ZERO,
+        throttle: Throttle::new(Duration::from_secs(1)),
+    };
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if is_shortage(&e) => {
+                backoff.trouble(format_args!("accept failed: {e}"));
+                continue;
+            }
+            // Aborted handshakes and the like: nothing to wait for.
+            Err(e) => {
+                log::debug!("accept failed: {e}");
+                continue;
+            }
+        };
+        let m = &app.metrics;
+        // Counted before the spawn, so the cap holds however fast clients come.
+        if m.connections_open.fetch_add(1, Ordering::AcqRel) >= app.max_connections as u64 {
+            m.connections_open.fetch_sub(1, Ordering::AcqRel);
+            m.connections_refused.fetch_add(1, Ordering::Relaxed);
+            refuse(stream);
+            continue;
+        }
+        let app2 = Arc::clone(&app);
+        // may panics when it cannot allocate a coroutine's stack (vm.max_map_count, memory); the
+        // closure, and the socket in it, are dropped then, which closes the connection.
+        let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            may::go!(may::coroutine::Builder::new(), move || connection(
+                stream, app2
+            ))
+        }));
+        if !matches!(spawned, Ok(Ok(_))) {
+            m.connections_open.fetch_sub(1, Ordering::AcqRel);
+            m.connections_refused.fetch_add(1, Ordering::Relaxed);
+            backoff.trouble(format_args!(
+                "cannot start a connection's coroutine; closed it"
+            ));
+            continue;
+        }
+        m.connections_total.fetch_add(1, Ordering::Relaxed);
+        backoff.ok();
+    }
+}
+
+/// The accept loop's pause after trouble, and its log throttle.
+struct AcceptBackoff {
+    pause: Duration,
+    throttle: Throttle,
+}
+
+impl AcceptBackoff {
+    /// Log (at most once a second) and pause, longer each time in a row.
+    fn trouble(&mut self, what: std::fmt::Arguments<'_>) {
+        if let Some(more) = self.throttle.ready(Instant::now()) {
+            log::warn!("{what} (and {more} more like it since the last such line)");
+        }
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+        may::coroutine::sleep(self.pause);
+    }
+
+    /// A connection started: the trouble, if any, is over.
+    fn ok(&mut self) {
+        if !self.pause.is_zero() {
+            self.pause = Duration::ZERO;
+            self.throttle.reset();
+        }
+    }
+}
+
+/// Whether an accept failed for want of descriptors or memory: accepting again at once would
+/// fail the same way.
+fn is_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
+
+/// A client past `--max-connections`: one 503 with `Retry-After` written straight to the new
+/// socket (its buffer is empty, so the write does not block), then closed. No coroutine is
+/// spent on it: a shortage of them may be why it is refused.
+fn refuse(stream: TcpStream) {
+    let reply = error_reply(&ApiError::Overloaded);
+    let mut out = Vec::with_capacity(256);
+    protocol::reply_head(
+        &reply,
+        reply.body.as_bytes().len(),
+        false,
+        &date::now(),
+        &mut out,
+    );
+    out.extend_from_slice(reply.body.as_bytes());
+    let sock = stream.inner();
+    let _ = (&*sock).write(&out);
+    // Read what the client already sent, so that closing does not reset the connection (which
+    // can destroy the answer before the client reads it), then say we are done.
+    let mut sink = [0u8; 1024];
+    for _ in 0..64 {
+        match (&*sock).read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Write);
 }
 
 /// Counts an open connection for as long as it lives.
@@ -182,13 +286,9 @@ fn keepalive(stream: &TcpStream) {
 }
 
 fn connection(mut stream: TcpStream, app: Arc<App>) {
-    app.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-    app.metrics
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
+    // Counted open by the accept loop; uncounted when this returns or unwinds.
     let _open = Open(&app);
     let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let lane = app.book.lane_of(stream.as_raw_fd() as usize);
     // Answers are single small writes that must leave at once: no Nagle delay.
     let _ = stream.set_nodelay(true);
     keepalive(&stream);
@@ -212,16 +312,70 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
     ) {
         return; // shutting down
     }
+    // Whatever happens below, panics included, the sweeper lets go of the watch.
+    let _closed = Closed(&watch);
+    // A bug that panics while serving this connection ends this connection only: everything it
+    // holds (the watch, a waiter, deadlines, counters) is let go of by guards as the panic
+    // unwinds, and the socket is closed below.
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve_requests(&mut stream, &app, &watch, &sweeper, peer)
+    }));
+    if let Err(panic) = served {
+        app.metrics.panics.fetch_add(1, Ordering::Relaxed);
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!("a connection from {peer:?} panicked ({what}); closed it");
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Marks a connection's idle watch closed when the connection ends, however it ends.
+struct Closed<'a>(&'a IdleWatch);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Counts a request in flight for as long as it is handled, however that ends.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a AtomicU64) -> InFlight<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Read requests and answer them until the connection is done.
+fn serve_requests(
+    stream: &mut TcpStream,
+    app: &App,
+    watch: &Arc<IdleWatch>,
+    sweeper: &Sweeper,
+    peer: Option<IpAddr>,
+) {
+    let lane = app.book.lane_of(stream.as_raw_fd() as usize);
     let mut buf: Vec<u8> = Vec::new();
     let mut drained = false;
     loop {
         let mut reader = Reader {
-            stream: &stream,
+            stream,
             buf: &mut buf,
             drained: &mut drained,
-            watch: &watch,
+            watch,
         };
-        match reader.next_request(app.config.max_body, &sweeper) {
+        match reader.next_request(app.config.max_body, sweeper) {
             Ok(Some((mut req, keep_alive))) => {
                 req.lane = lane;
                 if buf.is_empty() {
@@ -229,10 +383,10 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                     buf = Vec::new();
                 }
                 watch.busy.store(true, Ordering::Release);
-                app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                let in_flight = InFlight::enter(&app.metrics.in_flight);
                 let head_only = req.method == "HEAD";
-                let mut conn = Conn::new(&mut stream, &sweeper, app.config.write_timeout);
-                let go_on = match routes::handle(&app, req, &conn) {
+                let mut conn = Conn::new(stream, sweeper, app.config.write_timeout);
+                let go_on = match routes::handle(app, req, &conn) {
                     Response::Reply(reply) => {
                         let sent = conn.send_reply(&reply, head_only, keep_alive);
                         sent.is_ok() && keep_alive
@@ -240,7 +394,7 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                     Response::Stream(s) => {
                         let mut head = Vec::with_capacity(512);
                         protocol::stream_head(&date::now(), &s.headers, &mut head);
-                        stream::serve(&app, s, head, &mut conn);
+                        stream::serve(app, s, head, &mut conn);
                         false // the stream's body ends when the connection closes
                     }
                     Response::ClientGone => false,
@@ -250,32 +404,30 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
                 if conn.unread.get() {
                     drained = false;
                 }
-                app.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(in_flight);
                 watch.touch();
                 watch.busy.store(false, Ordering::Release);
                 if !go_on {
-                    break;
+                    return;
                 }
             }
-            Ok(None) => break, // closed by the client, or idle too long
+            Ok(None) => return, // closed by the client, or idle too long
             Err(e) => {
                 // A protocol error: answer it, then close (the stream's framing is lost).
                 log::debug!("bad request from {peer:?}: {e}");
                 let reply = error_reply(&e);
                 app.metrics.count_request(reply.status);
-                let mut conn = Conn::new(&mut stream, &sweeper, app.config.write_timeout);
+                let mut conn = Conn::new(stream, sweeper, app.config.write_timeout);
                 let _ = conn.send_reply(&reply, false, false);
                 // A client that is still sending (a body we refused) reads the answer only once
                 // it is done; one that trickles its head would only hold us up.
                 if e != ApiError::RequestTimeout {
                     conn.linger();
                 }
-                break;
+                return;
             }
         }
     }
-    watch.closed.store(true, Ordering::Release);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 /// epoll bits that mean the client is gone: it closed its side (FIN), reset the connection, or
@@ -570,35 +722,49 @@ impl Reader<'_> {
         let w = self.watch;
         w.arriving_since.store(w.elapsed_ms(), Ordering::Release);
         let mut armed = false;
+        // Both the head and a chunked body are parsed as they arrive, each byte once (a client
+        // that trickles its request costs no more than one that sends it whole).
+        let mut scanner = HeadScanner::default();
         let head = loop {
-            if let Some(head) = parse_head(self.buf, max_body)? {
+            if let Some(head) = scanner.parse(self.buf, max_body)? {
                 break head;
             }
             if !self.fill_request(sweeper, &mut armed)? {
                 return Ok(None);
             }
         };
-        let (body, end) = loop {
-            let rest = &self.buf[head.head_len..];
-            match head.body {
-                BodyLength::Length(n) if rest.len() >= n => {
-                    break (rest[..n].to_vec(), head.head_len + n);
-                }
-                BodyLength::Length(_) => {}
-                BodyLength::Chunked => {
-                    if let Some((body, used)) = decode_chunked(rest, max_body)? {
-                        break (body, head.head_len + used);
+        let body = match head.body {
+            BodyLength::Length(n) => {
+                // n <= max_body (checked with the head), head_len <= MAX_HEAD: no overflow.
+                let end = head.head_len + n;
+                while self.buf.len() < end {
+                    if !self.fill_request(sweeper, &mut armed)? {
+                        return Ok(None);
                     }
                 }
+                let body = self.buf[head.head_len..end].to_vec();
+                self.buf.drain(..end);
+                body
             }
-            if !self.fill_request(sweeper, &mut armed)? {
-                return Ok(None);
+            BodyLength::Chunked => {
+                // The buffer keeps only what the decoder has not taken yet.
+                self.buf.drain(..head.head_len);
+                let mut decoder = ChunkedDecoder::new(max_body);
+                loop {
+                    let (used, done) = decoder.feed(self.buf)?;
+                    self.buf.drain(..used);
+                    if done {
+                        break decoder.into_body();
+                    }
+                    if !self.fill_request(sweeper, &mut armed)? {
+                        return Ok(None);
+                    }
+                }
             }
         };
         w.arriving_since.store(NO_REQUEST, Ordering::Release);
         let mut req = head.req;
         req.body = body;
-        self.buf.drain(..end);
         Ok(Some((req, head.keep_alive)))
     }
 }

@@ -53,7 +53,35 @@ impl TestServer {
     /// Start with exactly these arguments and environment variables; return once it listens,
     /// without waiting for it to answer.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        Self::spawn_limited(args, env, None)
+    }
+
+    /// Start with these arguments under an open-file limit (soft and hard) of `nofile`, as
+    /// `ulimit -n` would set it, and wait until it answers.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> TestServer {
+        let server = Self::spawn_limited(args, &[("RUST_LOG", "warn")], Some(nofile));
+        server.wait_until_ready();
+        server
+    }
+
+    fn spawn_limited(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_comet-quotes"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -407,6 +435,13 @@ impl Conn {
     pub fn set_read_timeout(&self, t: Duration) {
         self.reader.get_ref().set_read_timeout(Some(t)).unwrap();
     }
+}
+
+/// Open file descriptors of a process, from /proc/PID/fd.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Threads of a process, from /proc/PID/status.
