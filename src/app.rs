@@ -8,6 +8,7 @@ use crate::auth::Auth;
 use crate::book::QuoteBook;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::display::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -23,6 +24,8 @@ pub struct App {
     pub auth: Auth,
     /// Most client connections at once (`--max-connections`, or from the host's limits).
     pub max_connections: usize,
+    /// How many display-delay reports the server takes, in all (`display`).
+    pub display_limits: Limits,
 }
 
 impl App {

@@ -28,11 +28,16 @@ pub enum Engine {
 #[command(
     name = "comet-quotes",
     version,
-    about = "COMET (long-poll) stock-quote server on may stackful coroutines",
-    long_about = "COMET (long-poll) stock-quote server on may stackful coroutines.\n\n\
-        Browsers long-poll /api/poll for the symbols they show; each request waits on its own \
-        coroutine until one of those prices changes, and is answered the moment it does.\n\
-        Open http://127.0.0.1:8080 for the live quotes page. Logs: RUST_LOG=info|debug."
+    about = "COMET (server-push) stock-quote server: Server-Sent Events and long-polls, alone or \
+             as a cluster sharing Redis",
+    long_about = "COMET (server-push) stock-quote server on may stackful coroutines.\n\n\
+        Browsers follow the symbols they show over a Server-Sent Events stream (/api/stream) or \
+        by long-polling (/api/poll); each request waits on its own coroutine until one of those \
+        prices changes, and is answered the moment it does. Run several nodes with --redis to \
+        share one quote book through Redis.\n\
+        Open http://127.0.0.1:8080 for the live quotes page; import /comet.js on your own page. \
+        Publishing needs a credential (--publish-token, or one printed at start). \
+        Logs: RUST_LOG=info|debug."
 )]
 pub struct Cli {
     /// Address to listen on (use port 0 for a free port; the chosen address is printed).
@@ -123,6 +128,11 @@ pub struct Cli {
     #[arg(long, env = "COMET_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
 
+    /// Refuse the display-delay reports pages send (POST /api/display-delay answers 404, and
+    /// /api/time tells pages not to send them).
+    #[arg(long, env = "COMET_NO_DISPLAY_REPORTS")]
+    pub no_display_reports: bool,
+
     /// Accept JWTs signed with HS256 and this secret (at least 32 bytes). Reading then needs a
     /// token whose `symbols` claim grants the symbols; its `publish` claim grants publishing.
     #[arg(long, env = "COMET_JWT_SECRET", hide_env_values = true)]
@@ -201,6 +211,8 @@ pub struct Config {
     pub jwt_rules: JwtRules,
     pub public_symbols: Scope,
     pub cors_origins: CorsOrigins,
+    /// Whether pages' display-delay reports are taken (`--no-display-reports` turns them off).
+    pub display_reports: bool,
     pub redis: Option<String>,
     pub redis_timeout: Duration,
     pub test_panic_route: bool,
@@ -380,6 +392,7 @@ impl Cli {
             jwt_rules,
             public_symbols,
             cors_origins,
+            display_reports: !self.no_display_reports,
             redis: self.redis,
             redis_timeout,
             test_panic_route: self.test_panic_route,

@@ -61,6 +61,12 @@ pub enum ApiError {
     NotReady,
     /// More connections than `--max-connections` (503, with Retry-After).
     Overloaded,
+    /// A display-delay report that is malformed, too large, or has values that cannot be (400).
+    BadReport(String),
+    /// Display-delay reports are off (`--no-display-reports`) (404).
+    ReportsOff,
+    /// Too many display-delay reports from this connection, or in all, just now (429).
+    TooManyReports,
 }
 
 impl ApiError {
@@ -72,6 +78,9 @@ impl ApiError {
         match self {
             BadRequest(_) | MissingSymbols | BadSymbol(_) | TooManySymbols { .. } => 400,
             BadCursor(_) | BadLastEventId(_) | BadTimeout(_) | BadJson(_) | BadPrice { .. } => 400,
+            BadReport(_) => 400,
+            ReportsOff => 404,
+            TooManyReports => 429,
             MissingToken | InvalidToken(_) | ExpiredToken => 401,
             NotGranted(_) => 403,
             UnknownSymbol(_) | NotFound(_) => 404,
@@ -147,6 +156,9 @@ impl fmt::Display for ApiError {
                 "not ready: this node has not loaded the quotes from Redis yet; retry shortly"
             ),
             Overloaded => write!(f, "too many connections; retry shortly"),
+            BadReport(why) => write!(f, "bad display-delay report: {why}"),
+            ReportsOff => write!(f, "display-delay reports are off on this server"),
+            TooManyReports => write!(f, "too many display-delay reports; one per 10 s"),
         }
     }
 }
@@ -207,6 +219,9 @@ mod tests {
             ApiError::InvalidToken("x".into()),
             ApiError::ExpiredToken,
             ApiError::NotGranted(vec!["X".into()]),
+            ApiError::BadReport("x".into()),
+            ApiError::ReportsOff,
+            ApiError::TooManyReports,
             ApiError::MethodNotAllowed { allow: "GET" },
             ApiError::NotFound("/x".into()),
         ];

@@ -17,6 +17,7 @@
 //!   ones whose time is up.
 //! - [`stream`]: the Server-Sent Events transport; [`sse`] its framing.
 //! - [`feed`]: the built-in random quote feed.
+//! - [`display`]: pages' reports of their display delay, checked and rate-limited.
 //! - [`cluster`]: the Redis link: nodes that share quotes and seqs through Redis (`--redis`).
 //! - [`routes`]: routing, plain functions from request to response; the long-poll transport is
 //!   `QuoteBook::poll` behind `/api/poll`.
@@ -38,6 +39,7 @@ pub mod book;
 pub mod cluster;
 pub mod config;
 pub mod cors;
+pub mod display;
 pub mod error;
 pub mod feed;
 pub mod http;

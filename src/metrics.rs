@@ -20,6 +20,46 @@ pub enum Reason {
     Shutdown,
 }
 
+/// Bucket bounds of the delay histograms, in seconds: 0.5 ms to 10 s.
+pub const DELAY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram over [`DELAY_BUCKETS`], lock-free: a count per bucket, the number of
+/// observations and their sum (in µs, rendered in seconds).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations in each bucket alone (rendered cumulatively).
+    buckets: [AtomicU64; DELAY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Count one observation of `seconds` (finite and not negative: callers check).
+    pub fn observe(&self, seconds: f64) {
+        if let Some(i) = DELAY_BUCKETS.iter().position(|&le| seconds <= le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((seconds * 1e6).round() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (le, n) in DELAY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Open client connections (gauge).
@@ -73,6 +113,14 @@ pub struct Metrics {
     pub auth_refused_invalid: AtomicU64,
     pub auth_refused_expired: AtomicU64,
     pub auth_refused_forbidden: AtomicU64,
+    /// From a quote's change to its first painted frame on a page, as pages report it.
+    pub display_delay: Histogram,
+    /// From the same changes to their arrival on those pages.
+    pub arrival_delay: Histogram,
+    /// Display-delay reports, by what became of them.
+    pub display_reports_accepted: AtomicU64,
+    pub display_reports_refused: AtomicU64,
+    pub display_reports_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -282,6 +330,32 @@ impl Metrics {
                 ("forbidden", &self.auth_refused_forbidden),
             ],
         );
+        let _ = writeln!(
+            out,
+            "# HELP comet_display_reports_total Display-delay reports from pages, by result.\n\
+             # TYPE comet_display_reports_total counter"
+        );
+        for (result, v) in [
+            ("accepted", &self.display_reports_accepted),
+            ("refused", &self.display_reports_refused),
+            ("limited", &self.display_reports_limited),
+        ] {
+            let _ = writeln!(
+                out,
+                "comet_display_reports_total{{result=\"{result}\"}} {}",
+                g(v)
+            );
+        }
+        self.display_delay.render(
+            "comet_display_delay_seconds",
+            "From a quote's change to the first frame painted after a page showed it, as pages report it.",
+            &mut out,
+        );
+        self.arrival_delay.render(
+            "comet_arrival_delay_seconds",
+            "From a quote's change to its arrival on a page, for the same reported quotes.",
+            &mut out,
+        );
         out
     }
 }
@@ -301,5 +375,21 @@ mod tests {
         assert!(text.contains("comet_polls_answered_total{reason=\"timeout\"} 1\n"));
         assert_eq!(text.matches("# TYPE comet_polls_waiting ").count(), 1);
         assert!(text.contains("comet_streams_ended_total{reason=\"slow\"} 0\n"));
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let m = Metrics::default();
+        for s in [0.0004, 0.003, 0.003, 20.0] {
+            m.display_delay.observe(s);
+        }
+        let text = m.render();
+        assert!(text.contains("# TYPE comet_display_delay_seconds histogram\n"));
+        assert!(text.contains("comet_display_delay_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("comet_display_delay_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("comet_display_delay_seconds_bucket{le=\"10\"} 3\n"));
+        assert!(text.contains("comet_display_delay_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("comet_display_delay_seconds_count 4\n"));
+        assert!(text.contains("comet_display_delay_seconds_sum 20.0064\n"));
     }
 }

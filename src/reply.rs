@@ -82,6 +82,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -102,6 +103,7 @@ pub fn error_reply(e: &ApiError) -> Reply {
         ApiError::Unavailable | ApiError::NotReady | ApiError::Overloaded => {
             reply.header("Retry-After", "1".to_string())
         }
+        ApiError::TooManyReports => reply.header("Retry-After", "10".to_string()),
         ApiError::MissingToken => reply.header("WWW-Authenticate", "Bearer".to_string()),
         ApiError::InvalidToken(_) | ApiError::ExpiredToken => reply.header(
             "WWW-Authenticate",

@@ -94,6 +94,14 @@ impl Request {
     }
 }
 
+/// What the server keeps about a connection across its requests, for the routes: lent to every
+/// request on it by the connection layer.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// When this connection's last display-delay report was taken (`display`).
+    pub last_report: Option<std::time::Instant>,
+}
+
 /// The cookie a reader's token may come in.
 pub const TOKEN_COOKIE: &str = "comet_token";
 

@@ -3,15 +3,19 @@
 //! to the connection layer to run (`stream`). Who may read and publish is `auth`'s to say, which
 //! pages on other origins may read is `cors`'s; both are applied here, in one place each.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
 use crate::assets;
 use crate::book::Answer;
+use crate::display;
 use crate::error::ApiError;
 use crate::metrics::Reason;
 use crate::reply::{error_reply, Reply};
-use crate::request::{parse_cursor, parse_publish, parse_symbols, parse_timeout, Query, Request};
+use crate::request::{
+    parse_cursor, parse_publish, parse_symbols, parse_timeout, ConnState, Query, Request,
+};
 use crate::sse;
 use crate::stream::Stream;
 use crate::waiter::Hold;
@@ -27,14 +31,20 @@ pub enum Response<'a> {
 }
 
 /// Answer one request. The only blocking route is `/api/poll`, which parks on `hold`; it takes
-/// the request by value so a held poll can drop it first (memory per held poll).
-pub fn handle<'a>(app: &'a App, mut req: Request, hold: &dyn Hold) -> Response<'a> {
+/// the request by value so a held poll can drop it first (memory per held poll). `conn` is what
+/// the connection layer keeps for this connection across its requests.
+pub fn handle<'a>(
+    app: &'a App,
+    mut req: Request,
+    hold: &dyn Hold,
+    conn: &mut ConnState,
+) -> Response<'a> {
     let origin = req.origin.take();
     let api = req.path.starts_with("/api/");
     let mut response = if api && req.method == "OPTIONS" {
         Response::Reply(preflight(app, origin.as_deref()))
     } else {
-        route(app, req, hold).unwrap_or_else(|e| Response::Reply(refuse(app, &e)))
+        route(app, req, hold, conn).unwrap_or_else(|e| Response::Reply(refuse(app, &e)))
     };
     match &mut response {
         Response::Reply(reply) => app.metrics.count_request(reply.status),
@@ -92,7 +102,12 @@ fn only_get(req: &Request) -> Result<(), ApiError> {
     }
 }
 
-fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>, ApiError> {
+fn route<'a>(
+    app: &'a App,
+    req: Request,
+    hold: &dyn Hold,
+    conn: &mut ConnState,
+) -> Result<Response<'a>, ApiError> {
     if req.path.starts_with("/api/") && !app.has_book() {
         // A cluster node that has not loaded the quotes from Redis yet.
         return Err(ApiError::NotReady);
@@ -157,8 +172,41 @@ fn route<'a>(app: &'a App, req: Request, hold: &dyn Hold) -> Result<Response<'a>
                 headers: Vec::new(),
             }))
         }
+        "/api/display-delay" => display_report(app, &req, conn).map(Response::Reply),
         path => route_reply(app, &req, path).map(Response::Reply),
     }
+}
+
+/// `POST /api/display-delay`: a page's sample of display and arrival delays, into the histograms
+/// (`display`). With a JWT key, only a reader with a valid token may report.
+fn display_report(app: &App, req: &Request, conn: &mut ConnState) -> Result<Reply, ApiError> {
+    if req.method != "POST" {
+        return Err(ApiError::MethodNotAllowed { allow: "POST" });
+    }
+    if !app.config.display_reports {
+        return Err(ApiError::ReportsOff);
+    }
+    let m = &app.metrics;
+    if app.auth.guards_reads() {
+        let q = Query::parse(&req.query);
+        let token = req.read_token(&q).ok_or(ApiError::MissingToken)?;
+        app.auth.grant(token, now_micros())?;
+    }
+    let now = Instant::now();
+    if !display::connection_may_report(conn.last_report, now) || !app.display_limits.admit(now) {
+        m.display_reports_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::TooManyReports);
+    }
+    let samples = display::parse_report(&req.body).inspect_err(|_| {
+        m.display_reports_refused.fetch_add(1, Ordering::Relaxed);
+    })?;
+    for s in &samples {
+        m.arrival_delay.observe(s.arrival);
+        m.display_delay.observe(s.display);
+    }
+    conn.last_report = Some(now);
+    m.display_reports_accepted.fetch_add(1, Ordering::Relaxed);
+    Ok(Reply::no_content())
 }
 
 /// The routes answered at once with a [`Reply`].
@@ -185,6 +233,16 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
                 .check_read(req.read_token(&q), &names, now_micros())?;
             let symbols = app.book.resolve(&names)?;
             Ok(answer_reply(app.book.snapshot(&symbols)))
+        }
+        // The server's clock, for pages that measure their display delay (`display`): they take
+        // the offset of their own clock from a few of these, and whether to report at all.
+        "/api/time" => {
+            only_get(req)?;
+            let body = serde_json::json!({
+                "now": now_micros(),
+                "reports": app.config.display_reports,
+            });
+            Ok(Reply::json(200, body.to_string().into_bytes()))
         }
         // For load balancers and orchestrators: the process serves / it serves current data.
         "/healthz" => {

@@ -165,6 +165,7 @@ impl Server {
             cluster,
             auth,
             max_connections,
+            display_limits: Default::default(),
         });
         let feed_stop = Arc::new(AtomicBool::new(false));
         if let Some(feed) = &app.config.feed {

@@ -15,7 +15,7 @@ use may_minihttp::{HttpServiceFactory, Request as MiniRequest, Response as MiniR
 use crate::app::App;
 use crate::error::ApiError;
 use crate::reply::{error_reply, reason_phrase, Reply};
-use crate::request::Request;
+use crate::request::{ConnState, Request};
 use crate::routes::{self, Response};
 use crate::waiter::PlainHold;
 
@@ -24,6 +24,7 @@ pub struct Factory(pub Arc<App>);
 
 pub struct Service {
     app: Arc<App>,
+    state: ConnState,
     lane: usize,
 }
 
@@ -31,6 +32,7 @@ impl HttpServiceFactory for Factory {
     type Service = Service;
     fn new_service(&self, id: usize) -> Service {
         Service {
+            state: ConnState::default(),
             lane: self.0.book.lane_of(id),
             app: Arc::clone(&self.0),
         }
@@ -66,6 +68,9 @@ fn header_line(name: &str, value: &str) -> Option<&'static str> {
         ("Allow", "GET, HEAD, POST") => "Allow: GET, HEAD, POST",
         ("Allow", "GET, HEAD, POST, OPTIONS") => "Allow: GET, HEAD, POST, OPTIONS",
         ("Retry-After", "1") => "Retry-After: 1",
+        ("Retry-After", "10") => "Retry-After: 10",
+        ("Allow", "POST") => "Allow: POST",
+        ("Allow", "GET") => "Allow: GET",
         ("WWW-Authenticate", "Bearer") => "WWW-Authenticate: Bearer",
         ("WWW-Authenticate", r#"Bearer error="invalid_token""#) => {
             r#"WWW-Authenticate: Bearer error="invalid_token""#
@@ -120,7 +125,7 @@ impl may_minihttp::HttpService for Service {
             // A panic in the routes ends this request with a 500, not may_minihttp's connection
             // loop (as in the native layer, it is counted).
             Ok(req) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                routes::handle(&self.app, req, &PlainHold)
+                routes::handle(&self.app, req, &PlainHold, &mut self.state)
             })) {
                 Ok(Response::Reply(reply)) => reply,
                 // may_minihttp answers with one body; it cannot stream.

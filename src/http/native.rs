@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::http::date;
 use crate::http::protocol::{self, BodyLength, ChunkedDecoder, HeadScanner};
 use crate::reply::{error_reply, Reply};
-use crate::request::Request;
+use crate::request::{ConnState, Request};
 use crate::routes::{self, Response};
 use crate::stream::{self, StreamIo};
 use crate::throttle::Throttle;
@@ -366,6 +366,7 @@ fn serve_requests(
     peer: Option<IpAddr>,
 ) {
     let lane = app.book.lane_of(stream.as_raw_fd() as usize);
+    let mut state = ConnState::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut drained = false;
     loop {
@@ -386,7 +387,7 @@ fn serve_requests(
                 let in_flight = InFlight::enter(&app.metrics.in_flight);
                 let head_only = req.method == "HEAD";
                 let mut conn = Conn::new(stream, sweeper, app.config.write_timeout);
-                let go_on = match routes::handle(app, req, &conn) {
+                let go_on = match routes::handle(app, req, &conn, &mut state) {
                     Response::Reply(reply) => {
                         let sent = conn.send_reply(&reply, head_only, keep_alive);
                         sent.is_ok() && keep_alive
