@@ -149,6 +149,10 @@ fn serialize(q: &Quote) -> Box<[u8]> {
         .into()
 }
 
+/// How far ahead of a cluster node's clock a cursor may be and still be one of its cluster's
+/// (`QuoteBook::from_elsewhere`): clocks that disagree by an hour are broken, not skewed.
+const FOREIGN_AHEAD_US: u64 = 3600 * 1_000_000;
+
 /// How a wait for changes ended ([`QuoteBook::wait_since`]).
 #[derive(Debug)]
 pub enum Wait {
@@ -417,9 +421,15 @@ impl QuoteBook {
     /// this book handed out, on a book that hands out its own seqs. Such a cursor is answered
     /// with a full snapshot. On a cluster node a cursor above the counter means the node is
     /// behind: the request waits for it to catch up (`replica`), and is never answered with a
-    /// quote its cursor already covers.
+    /// quote its cursor already covers; only one far ahead of any clock is from elsewhere.
     pub fn from_elsewhere(&self, cursor: u64) -> bool {
-        !self.replica && cursor > self.current_seq()
+        if self.replica {
+            // Seqs are Redis's clock in µs: a cursor more than an hour ahead of this node's
+            // clock was never handed out by any node (a bogus or foreign one), and waiting for
+            // the cluster to catch up with it would hold the client forever.
+            return cursor > now_micros().saturating_add(FOREIGN_AHEAD_US);
+        }
+        cursor > self.current_seq()
     }
 
     /// Wait until one of `symbols` has changed after `cursor`, until `deadline`, or until the

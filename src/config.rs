@@ -282,8 +282,10 @@ impl Cli {
         if self.max_symbols_per_request == 0 {
             return Err("--max-symbols-per-request must be at least 1".into());
         }
-        if self.max_body == 0 {
-            return Err("--max-body must be at least 1".into());
+        if !(1..=MAX_BODY_LIMIT).contains(&self.max_body) {
+            return Err(format!(
+                "--max-body must be between 1 and {MAX_BODY_LIMIT} bytes"
+            ));
         }
         if self.max_connections == Some(0) {
             return Err("--max-connections must be at least 1".into());
@@ -308,8 +310,12 @@ impl Cli {
             ));
         }
         if let Some(url) = &self.redis {
-            redis::Client::open(url.as_str())
-                .map_err(|e| format!("--redis {url:?}: {e} (expected redis://HOST:PORT[/DB])"))?;
+            redis::Client::open(url.as_str()).map_err(|e| {
+                format!(
+                    "--redis {}: {e} (expected redis://HOST:PORT[/DB])",
+                    redacted_url(url)
+                )
+            })?;
         }
         if matches!(&self.publish_token, Some(t) if t.is_empty()) {
             return Err("--publish-token must not be empty".into());
@@ -401,6 +407,46 @@ impl Cli {
     }
 }
 
+/// The largest `--max-body`: a publish of 1,000 updates is well under 100 KiB.
+pub const MAX_BODY_LIMIT: usize = 64 << 20;
+
+/// A URL as logs and errors may show it: a password in its user info, or in a `pass` or
+/// `password` query parameter (as redis-rs reads them), replaced.
+pub fn redacted_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) => match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}/{path}"),
+                None => base.to_string(),
+            },
+            None => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => base.to_string(),
+            },
+        },
+        None => base.to_string(),
+    };
+    let Some(query) = query else {
+        return base;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _))
+                if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+            {
+                format!("{k}=***")
+            }
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
 /// 128 random bits in hex: a publish token for this run.
 fn random_token() -> String {
     let bits: u128 = rand::thread_rng().gen();
@@ -462,6 +508,25 @@ mod tests {
         assert_eq!(c.poll_timeout, Duration::from_millis(500));
         assert_eq!(c.publish_token.as_deref(), Some("s3cret"));
         assert_eq!(c.symbols, ["IBM", "MSFT"]);
+    }
+
+    #[test]
+    fn urls_in_logs_never_show_a_password() {
+        assert_eq!(
+            redacted_url("redis://:s3cret@10.0.0.5:6379/2"),
+            "redis://***@10.0.0.5:6379/2"
+        );
+        assert_eq!(redacted_url("redis://user:pw@host:1"), "redis://***@host:1");
+        assert_eq!(
+            redacted_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        let e = parse(&["--redis", "redis://:s3cret@[bad"]).unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

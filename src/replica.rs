@@ -10,7 +10,9 @@
 //!   up to it are stored ([`QuoteBook::advance`]), so a woken request finds what woke it.
 //! - Writing back to a Redis that came back empty or older restores each quote with its own seq
 //!   (`cluster::wire`), only where Redis holds an older one: nobody is woken by a price that did
-//!   not change.
+//!   not change. (Only when Redis has handed out a later seq since it came back is a quote
+//!   announced again under a new one, so that clients past its old seq still get it; a node that
+//!   shows it already takes the new seq and wakes nobody.)
 //! - A request whose cursor is above this node's counter comes from a node that is ahead: it
 //!   waits on its symbols until this node catches up, or is answered empty with its own cursor at
 //!   its timeout ([`QuoteBook::from_elsewhere`] is false here). It is never answered with this
@@ -67,10 +69,13 @@ impl QuoteBook {
         if current.quote.seq >= q.seq {
             return None;
         }
+        // The same change again under a later seq (a write-back announced anew, see the module
+        // doc): kept, so that seqs agree, but nobody's price changed, so nobody is woken.
+        let same_change = current.quote.ts == q.ts && current.quote.price == q.price;
         *open = q.open;
         let quote = quote(Arc::clone(&current.quote.symbol));
         sym.latest.store(Arc::new(Latest::new(quote)));
-        Some(sym)
+        (!same_change).then_some(sym)
     }
 
     /// Move the cursor of "now" up to `seq` (never down), once the changes up to it are stored.
@@ -180,6 +185,19 @@ mod tests {
     }
 
     #[test]
+    fn the_same_change_under_a_later_seq_is_taken_but_wakes_nobody() {
+        let b = cluster_book();
+        let again = RemoteQuote {
+            seq: 200,
+            ts: 100,
+            price: 100.0,
+            open: 1.0,
+        };
+        assert!(b.apply_remote("IBM", again).is_none());
+        assert_eq!(b.get("IBM").unwrap().quote().seq, 200);
+    }
+
+    #[test]
     fn a_poll_ahead_of_a_cluster_node_waits_for_the_change_and_skips_what_it_has() {
         let b = cluster_book();
         let poller = {
@@ -213,5 +231,17 @@ mod tests {
         assert_eq!(a.cursor, 500);
         assert!(parsed(&a).is_empty());
         assert!(!b.from_elsewhere(500));
+        // A cursor no clock reaches is from elsewhere: a full snapshot, not a wait forever.
+        let a = b
+            .poll(
+                &syms,
+                Some(u64::MAX / 2),
+                Duration::from_secs(60),
+                0,
+                &PlainHold,
+            )
+            .unwrap();
+        assert_eq!(a.reason, Reason::Resync);
+        assert_eq!(a.cursor, 100);
     }
 }

@@ -173,6 +173,7 @@ fn route<'a>(
             }))
         }
         "/api/display-delay" => display_report(app, &req, conn).map(Response::Reply),
+        "/debug/panic" if app.config.test_panic_route => test_panic(app, &req, hold),
         path => route_reply(app, &req, path).map(Response::Reply),
     }
 }
@@ -262,7 +263,6 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
                 .header("Retry-After", "1".to_string()),
             })
         }
-        "/debug/panic" if app.config.test_panic_route => test_panic(app, req),
         "/metrics" => {
             only_get(req)?;
             Ok(Reply::text(
@@ -282,28 +282,24 @@ fn route_reply(app: &App, req: &Request, path: &str) -> Result<Reply, ApiError> 
 /// `--test-panic-route` only: panic, at once or (`at=hold&symbols=S`) while parked as a long-poll,
 /// with a waiter on `S`'s lists, a deadline with the sweeper and the waiting gauge up, to show
 /// that a panic in a connection's code leaks none of them.
-fn test_panic(app: &App, req: &Request) -> Result<Reply, ApiError> {
+fn test_panic<'a>(app: &App, req: &Request, hold: &dyn Hold) -> Result<Response<'a>, ApiError> {
     let q = Query::parse(&req.query);
     if q.get("at") == Some("hold") {
         let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
         let symbols = app.book.resolve(&names)?;
-        let _ = app.book.poll(
-            &symbols,
-            None,
-            Duration::from_secs(60),
-            req.lane,
-            &PanicOnPark,
-        );
+        let hold = PanicOnPark(hold);
+        let timeout = Duration::from_secs(60);
+        let _ = app.book.poll(&symbols, None, timeout, req.lane, &hold);
     }
     panic!("the test panic route");
 }
 
-/// A hold that panics when parked (`test_panic`).
-struct PanicOnPark;
+/// The connection's own hold, but one that panics when parked (`test_panic`).
+struct PanicOnPark<'h>(&'h dyn Hold);
 
-impl Hold for PanicOnPark {
+impl Hold for PanicOnPark<'_> {
     fn parker(&self) -> crate::waiter::Parker {
-        crate::waiter::Parker::current()
+        self.0.parker()
     }
 
     fn park(&self) -> crate::waiter::Parked {

@@ -739,3 +739,51 @@ fn a_node_that_lags_never_moves_a_clients_prices_or_cursor_backwards() {
     assert_eq!(id, seq);
     assert_eq!(prices(&data), [("IBM".to_string(), 4.0)]);
 }
+
+#[test]
+fn a_change_written_back_after_later_seqs_were_issued_still_reaches_clients_past_it() {
+    if !redis_available(
+        "a_change_written_back_after_later_seqs_were_issued_still_reaches_clients_past_it",
+    ) {
+        return;
+    }
+    let mut r = RedisServer::start();
+    let (to_a, to_b) = (Partition::to(r.port), Partition::to(r.port));
+    let a = node_at(&to_a.url(), SYMBOLS, &[]);
+    let b = node_at(&to_b.url(), SYMBOLS, &[]);
+    publish_acked(&a, "IBM", 10.0);
+    wait_price(&b, "IBM", 10.0);
+    // B misses IBM@77; then Redis loses everything while A is cut off too.
+    to_b.cut();
+    let s1 = publish_acked(&a, "IBM", 77.0);
+    b.wait_for_metric("comet_redis_up", 0);
+    to_a.cut();
+    r.kill9();
+    r.forget_dump();
+    r.restart();
+    // B comes back first and the cluster moves on: a publish takes a seq above IBM@77's.
+    to_b.heal();
+    b.wait_for_metric("comet_redis_up", 1);
+    let s3 = publish_acked(&b, "MSFT", 5.0);
+    assert!(s3 > s1);
+    let cursor = b.cursor(SYMBOLS);
+    let mut held = b.send_poll(&format!("symbols={SYMBOLS}&cursor={cursor}&timeout=60"));
+    b.wait_for_metric("comet_polls_waiting", 1);
+    // A writes IBM@77 back: under its old seq B's client, whose cursor is past it, would never
+    // get it. It comes under a new one, and A takes that seq without waking anyone.
+    a.wait_for_metric("comet_redis_up", 0);
+    to_a.heal();
+    a.wait_for_metric("comet_redis_up", 1);
+    let answer = held.read_response().unwrap();
+    assert_eq!(answer.prices(), [("IBM".to_string(), 77.0)]);
+    let (s4, price) = stored(&r, "IBM").unwrap();
+    assert_eq!(price, 77.0);
+    assert!(s4 > s3, "{s4} <= {s3}");
+    assert_eq!(answer.json()["cursor"].as_u64(), Some(s4));
+    wait_price(&a, "IBM", 77.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seq_on(&a, "IBM") != s4 {
+        assert!(Instant::now() < deadline, "A kept the old seq");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

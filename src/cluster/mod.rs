@@ -42,6 +42,7 @@ use rand::Rng;
 use redis::{Commands, Connection, RedisResult};
 
 use crate::book::QuoteBook;
+use crate::config::redacted_url;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::replica::RemoteQuote;
@@ -64,6 +65,9 @@ const WAITING_LOG_EVERY: Duration = Duration::from_secs(5);
 struct Publish {
     updates: Vec<(String, f64)>,
     reply: may::sync::mpsc::Sender<Result<u64, ApiError>>,
+    /// Sent to Redis by then, or not at all: its caller waits only so long (`Cluster::publish`),
+    /// and a change it was told had failed must not happen after all.
+    send_by: Instant,
 }
 
 /// This node's end of the cluster.
@@ -102,17 +106,6 @@ fn backoff(failures: u32) -> Duration {
         .saturating_mul(1 << failures.min(8))
         .min(BACKOFF_CAP);
     ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
-}
-
-/// A Redis URL as logs may show it: its password, if any, replaced.
-fn shown_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// A client whose every connection has TCP keepalive and `TCP_USER_TIMEOUT`: a Redis host that
@@ -158,7 +151,7 @@ impl Cluster {
         );
         let cluster = Arc::new(Cluster {
             client,
-            shown: shown_url(url),
+            shown: redacted_url(url),
             node_id,
             book,
             metrics,
@@ -212,14 +205,15 @@ impl Cluster {
         let sent = self.commands.send(Publish {
             updates: updates.to_vec(),
             reply,
+            send_by: Instant::now() + self.timeout,
         });
         if sent.is_err() {
             return Err(ApiError::Unavailable);
         }
-        // The commander answers within the command timeout (twice, with one retry on a fresh
-        // connection); this bound only guards against a commander that never answers.
+        // Sent within the timeout or dropped, then answered within the timeout: the commander
+        // has answered by twice the timeout; a little more guards against one that never does.
         let seq = answer
-            .recv_timeout(self.timeout * 3)
+            .recv_timeout(self.timeout * 2 + Duration::from_millis(500))
             .unwrap_or(Err(ApiError::Unavailable))?;
         self.metrics
             .published
@@ -499,7 +493,13 @@ impl Cluster {
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + FEED_TICK;
                 if self.wants_feed {
-                    let held = self.is_up() && con.as_mut().is_some_and(|c| self.hold_lease(c));
+                    let held = match con.as_mut() {
+                        Some(c) if self.is_up() => self.hold_lease(c).unwrap_or_else(|_| {
+                            con = None; // broken or silent: a fresh one next time
+                            false
+                        }),
+                        _ => false,
+                    };
                     if self.leader.swap(held, Ordering::AcqRel) != held {
                         log::info!("{} the feed lease", if held { "took" } else { "lost" });
                     }
@@ -523,10 +523,18 @@ impl Cluster {
         retry_at: &mut Instant,
     ) -> Vec<Publish> {
         for _ in 0..2 {
-            if !self.is_up() {
+            // Those whose caller no longer waits are not sent (they are answered 503).
+            let now = Instant::now();
+            let (late, timely): (Vec<Publish>, Vec<Publish>) =
+                batch.into_iter().partition(|p| now >= p.send_by);
+            for p in late {
+                let _ = p.reply.send(Err(ApiError::Unavailable));
+            }
+            batch = timely;
+            if batch.is_empty() || !self.is_up() {
                 return batch;
             }
-            if con.is_none() {
+            if con.is_none() && Instant::now() >= *retry_at {
                 *con = self.command_connection().ok();
             }
             let Some(c) = con.as_mut() else {
@@ -551,27 +559,29 @@ impl Cluster {
         batch
     }
 
-    /// Renew the lease, or take it if free. False if another node holds it or Redis fails.
-    fn hold_lease(&self, con: &mut Connection) -> bool {
+    /// Renew the lease, or take it if free: whether this node holds it now. An error (the
+    /// connection broke, or Redis did not answer in time) ends the attempt at once, without a
+    /// second command to wait for while publishes queue.
+    fn hold_lease(&self, con: &mut Connection) -> RedisResult<bool> {
         let ms = FEED_LEASE.as_millis() as u64;
         if self.leader.load(Ordering::Acquire) {
-            let renewed: RedisResult<i64> = redis::Script::new(wire::RENEW)
+            let renewed: i64 = redis::Script::new(wire::RENEW)
                 .key(FEED_KEY)
                 .arg(&self.node_id)
                 .arg(ms)
-                .invoke(con);
-            if renewed == Ok(1) {
-                return true;
+                .invoke(con)?;
+            if renewed == 1 {
+                return Ok(true);
             }
         }
-        let taken: RedisResult<Option<String>> = redis::cmd("SET")
+        let taken: Option<String> = redis::cmd("SET")
             .arg(FEED_KEY)
             .arg(&self.node_id)
             .arg("NX")
             .arg("PX")
             .arg(ms)
-            .query(con);
-        matches!(taken, Ok(Some(_)))
+            .query(con)?;
+        Ok(taken.is_some())
     }
 
     /// Send many publishes as one pipeline and answer each. Gives the batch back, unanswered, if
@@ -616,14 +626,21 @@ impl Cluster {
         }
     }
 
-    /// A publish's answer: its last seq, its changes remembered until Redis announces them.
+    /// A publish's answer: its last seq, its changes remembered until Redis announces them
+    /// (unless the announcement came first: the book has them already).
     fn acknowledge(&self, v: redis::Value) -> Result<u64, ApiError> {
         let changes = wire::publish_outcome(v, self.max_symbols)?;
         let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
         let mut last = 0;
         for (symbol, q) in changes {
             last = last.max(q.seq);
-            acked.insert(symbol, q);
+            let announced = self
+                .book
+                .get(&symbol)
+                .is_some_and(|s| s.quote().seq >= q.seq);
+            if !announced {
+                acked.insert(symbol, q);
+            }
         }
         Ok(last)
     }
@@ -639,17 +656,5 @@ mod tests {
         assert!(backoff(1) >= BACKOFF_START);
         assert!(backoff(20) <= BACKOFF_CAP);
         assert!(backoff(20) >= BACKOFF_CAP / 2);
-    }
-
-    #[test]
-    fn logs_never_show_a_redis_password() {
-        assert_eq!(
-            shown_url("redis://:s3cret@10.0.0.5:6379/2"),
-            "redis://***@10.0.0.5:6379/2"
-        );
-        assert_eq!(
-            shown_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
     }
 }

@@ -59,20 +59,29 @@ redis.call('SET', KEYS[1], string.format('%.0f', seq))
 return out
 "#;
 
-/// Write back quotes Redis lacks or holds older (it came back empty, or from an older dump), each
-/// with the seq and time of its own change: a quote keeps its seq everywhere (`replica`). Only
+/// Write back quotes Redis lacks or holds older (it came back empty, or from an older dump), only
 /// where Redis's is older, so an older price never replaces a newer one whichever node writes
-/// back first; announced, so a node that missed it takes it, while every node that has it wakes
-/// nobody. Raises the counter to the floor and to every seq written. KEYS: seq, quotes. ARGV:
+/// back first. Each keeps the seq and time of its own change (`replica`), announced so that a
+/// node that missed it takes it while every node that has it wakes nobody, unless Redis has
+/// handed out a later seq since it came back: a node may then count past the old seq already,
+/// and its clients would never see the quote. Such a quote is announced again under a new seq
+/// (its time and price unchanged; nodes that show it already take the new seq without waking
+/// anyone). Raises the counter to the floor and to every seq written. KEYS: seq, quotes. ARGV:
 /// floor, then symbol/seq/ts/price/open quintuples. Returns how many were written.
 pub const RESTORE: &str = r#"
-local top = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1]))
+local issued = tonumber(redis.call('GET', KEYS[1]) or '0')
+local top = math.max(issued, tonumber(ARGV[1]))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = 0
 for i = 2, #ARGV, 5 do
   local s, seq = ARGV[i], tonumber(ARGV[i + 1])
   local old = redis.call('HGET', KEYS[2], s)
   local have = old and tonumber(string.match(old, '^(%S+)')) or -1
   if have < seq then
+    if seq <= issued then
+      seq = math.max(top + 1, now)
+    end
     local v = string.format('%.0f %s %s %s', seq, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
     redis.call('HSET', KEYS[2], s, v)
     redis.call('PUBLISH', 'cq:changes', s .. ' ' .. v)

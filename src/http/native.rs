@@ -55,15 +55,21 @@ fn accept_loop(listener: TcpListener, app: Arc<App>) {
         pause: Duration::ZERO,
         throttle: Throttle::new(Duration::from_secs(1)),
     };
+    // Failures in a row that are not a shortage (a handshake a client aborted, say): one is
+    // nothing to wait for, but one that keeps coming back is trouble like a shortage.
+    let mut failing = 0u32;
     loop {
         let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if is_shortage(&e) => {
+            Ok((stream, _)) => {
+                failing = 0;
+                stream
+            }
+            Err(e) if is_shortage(&e) || failing >= 3 => {
                 backoff.trouble(format_args!("accept failed: {e}"));
                 continue;
             }
-            // Aborted handshakes and the like: nothing to wait for.
             Err(e) => {
+                failing += 1;
                 log::debug!("accept failed: {e}");
                 continue;
             }
@@ -736,8 +742,12 @@ impl Reader<'_> {
         };
         let body = match head.body {
             BodyLength::Length(n) => {
-                // n <= max_body (checked with the head), head_len <= MAX_HEAD: no overflow.
-                let end = head.head_len + n;
+                // n <= max_body (checked with the head, itself capped by the config) and
+                // head_len <= MAX_HEAD, so this cannot overflow; checked all the same.
+                let end = head
+                    .head_len
+                    .checked_add(n)
+                    .ok_or(ApiError::BodyTooLarge { max: max_body })?;
                 while self.buf.len() < end {
                     if !self.fill_request(sweeper, &mut armed)? {
                         return Ok(None);

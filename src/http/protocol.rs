@@ -42,6 +42,9 @@ fn head_too_large() -> ApiError {
 /// costs time in proportion to its length, not to its square.
 #[derive(Debug, Default)]
 pub struct HeadScanner {
+    /// Where the head starts: after the empty lines a client may send before the request line
+    /// (RFC 9112 §2.2 lets a server skip them), skipped once.
+    start: usize,
     /// Where the search for the blank line that ends the head goes on from.
     scanned: usize,
 }
@@ -50,24 +53,28 @@ impl HeadScanner {
     /// The parsed head once the buffer holds all of it, `Ok(None)` while more bytes are needed.
     /// `buf` must be the same buffer, grown, at every call.
     pub fn parse(&mut self, buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError> {
-        loop {
-            let Some(end) = self.find_end(buf) else {
-                return if buf.len() > MAX_HEAD {
-                    Err(head_too_large())
-                } else {
-                    Ok(None)
-                };
-            };
-            if end > MAX_HEAD {
-                return Err(head_too_large());
-            }
-            match parse_complete_head(&buf[..end], max_body)? {
-                Some(head) => return Ok(Some(head)),
-                // Empty lines before the request line (RFC 9112 §2.2 lets a server skip them):
-                // the head proper ends further on.
-                None => self.scanned = end,
-            }
+        if self.start == self.scanned {
+            let blank = buf[self.start..]
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            self.start += blank;
+            self.scanned = self.start;
         }
+        let Some(end) = self.find_end(buf) else {
+            return if buf.len() > MAX_HEAD {
+                Err(head_too_large())
+            } else {
+                Ok(None)
+            };
+        };
+        if end > MAX_HEAD {
+            return Err(head_too_large());
+        }
+        let mut head = parse_complete_head(&buf[self.start..end], max_body)?
+            .ok_or_else(|| ApiError::BadRequest("incomplete request head".into()))?;
+        head.head_len += self.start;
+        Ok(Some(head))
     }
 
     /// The end of the first blank line (`\n\n` or `\n\r\n`) at or after `scanned`, just past
@@ -98,8 +105,8 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError>
     HeadScanner::default().parse(buf, max_body)
 }
 
-/// Parse a head that ends with its blank line at the end of `buf`. `Ok(None)` when the blank
-/// line ended only empty lines before the request line.
+/// Parse a head that starts at the start of `buf` and ends with its blank line at its end.
+/// `Ok(None)` if httparse still finds it incomplete.
 fn parse_complete_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiError> {
     // On the heap, not the coroutine stack (every stack page a request ever touches stays
     // resident while its poll is held), and sized by the head's line count rather than for the
@@ -125,9 +132,12 @@ fn parse_complete_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiE
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             let v = std::str::from_utf8(h.value).unwrap_or("").trim();
-            let n = v
-                .parse::<usize>()
-                .map_err(|_| ApiError::BadRequest(format!("bad Content-Length {v:?}")))?;
+            // Digits only (RFC 9110 §8.6): Rust's parser would also take a leading `+`, which a
+            // proxy in front may read differently.
+            let n = Some(v)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| ApiError::BadRequest(format!("bad Content-Length {v:?}")))?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(ApiError::BadRequest("conflicting Content-Length".into()));
             }
@@ -228,6 +238,11 @@ enum Chunk {
     Done,
 }
 
+/// A control byte other than HTAB (RFC 9110 §5.5 allows HTAB in field values, nothing else).
+fn is_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
 /// A chunk size has at most this many hex digits (16 fill a u64).
 const MAX_SIZE_DIGITS: u8 = 16;
 
@@ -287,6 +302,11 @@ impl ChunkedDecoder {
             Chunk::Size { size, digits, ext } => match b {
                 b'\r' if digits == 0 => return Err(bad("bad chunk size")),
                 b'\r' => Chunk::SizeLf { size },
+                // A bare LF or another control byte in an extension: a proxy in front could end
+                // the line there and frame the body differently (request smuggling).
+                _ if ext && is_control(b) => {
+                    return Err(bad("control character in a chunk extension"))
+                }
                 _ if ext => self.state,
                 b';' if digits > 0 => Chunk::Size {
                     size,
@@ -334,6 +354,7 @@ impl ChunkedDecoder {
             Chunk::Trailer { line, cr: false } => match b {
                 b'\r' => Chunk::Trailer { line, cr: true },
                 b'\n' => return Err(bad("trailer line not ended by CRLF")),
+                _ if is_control(b) => return Err(bad("control character in a trailer")),
                 _ => Chunk::Trailer {
                     line: line.saturating_add(1),
                     cr: false,
@@ -550,6 +571,38 @@ mod tests {
         }
         // Bare line feeds end a head too.
         assert!(head("GET / HTTP/1.1\nHost: x\n\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn empty_lines_before_a_head_are_skipped_once() {
+        let mut raw = "\r\n".repeat(2000);
+        raw.push_str("GET /y HTTP/1.1\r\n\r\n");
+        let h = head(&raw).unwrap().unwrap();
+        assert_eq!((h.req.path.as_str(), h.head_len), ("/y", raw.len()));
+        assert_eq!(head("\n\n\n").ok().flatten().map(|h| h.head_len), None);
+    }
+
+    #[test]
+    fn a_content_length_is_digits_only() {
+        for bad in ["+5", "-5", "5 5", "0x5", ""] {
+            let raw = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(head(&raw).err().map(|e| e.status()), Some(400), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_in_chunk_extensions_and_trailers_are_refused() {
+        let status = |wire: &[u8]| decode_chunked(wire, 100).err().map(|e| e.status());
+        assert_eq!(status(b"1a;x\nGARBAGE\r\n"), Some(400));
+        assert_eq!(status(b"1;x\x00y\r\n"), Some(400));
+        assert_eq!(status(b"0\r\nX: a\x01b\r\n\r\n"), Some(400));
+        // HTAB is a field value's own.
+        assert_eq!(
+            decode_chunked(b"1;x=\ty\r\nA\r\n0\r\nX: a\tb\r\n\r\n", 100)
+                .unwrap()
+                .map(|(body, _)| body),
+            Some(b"A".to_vec())
+        );
     }
 
     #[test]
