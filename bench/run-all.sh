@@ -18,6 +18,8 @@
 #   TRANSPORTS="poll sse"  transports of w1-w4 (SSE runs are labelled ...-sse); w5 is long-poll only
 #   OURS_WORKERS=N    comet-quotes --workers for the other workloads (default: its own default)
 #   NCHAN_WORKERS=N   nginx worker processes for the other workloads (default 1)
+#   LATENCY_EXTRA="..."   more flags for every latency run, e.g. "--client-threads 4 --per-child 2500"
+#                     for a load generator with cores of its own
 set -euo pipefail
 # Publishing needs a credential: every comet-quotes started here, the latency bench and wrk's
 # pub.lua read this one.
@@ -50,9 +52,16 @@ ulimit -n "$(ulimit -Hn)"
 
 # ---------------------------------------------------------------- prerequisites
 # Debian packages: install them when missing (as root), so a fresh clone runs as the README says.
+# Only what the chosen parts use: wrk and jq for the wrk part, nginx with nchan (and curl) for Nchan
+# (a machine without a package registry can then run the rest with the binaries it was given).
 missing=()
-for tool in wrk nginx jq curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-[ -f "${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}" ] || missing+=(nchan)
+if [[ " $WORKLOADS " == *" wrk "* ]]; then
+  for tool in wrk jq; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+fi
+if [[ " $TARGETS " == *" nchan "* ]]; then
+  for tool in nginx curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  [ -f "${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}" ] || missing+=(nchan)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "[run-all] missing: ${missing[*]}; installing wrk nginx-light libnginx-mod-nchan jq curl" >&2
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -216,7 +225,8 @@ lat() {
   local w=${WORKERS:-}
   [ -n "$w" ] || case "$target" in ours) w=$OURS_WORKERS ;; nchan) w=$NCHAN_WORKERS ;; esac
   timeout 900 "$BIN/latency" --target "$target" --url "$URL" --server-pid "$SERVER_PID" \
-    --group "$GROUP" --label "$label" --results "$RESULTS" -s "$S" -k 5 ${w:+--server-workers "$w"} "$@" 2>&1 |
+    --group "$GROUP" --label "$label" --results "$RESULTS" -s "$S" -k 5 ${w:+--server-workers "$w"} "$@" \
+    ${LATENCY_EXTRA:-} 2>&1 |
     tee "$RUN_DIR/$label-$target.out" || log "latency $label against $target failed (see above)"
 }
 sustained() { grep -q '^verdict: sustained' "$RUN_DIR/$1-$2.out"; }
