@@ -201,6 +201,17 @@ impl Browser {
     /// Start chromedriver and a headless Chromium, or None when they are not installed (see
     /// [`browser_available`]).
     pub async fn start(test: &'static str) -> Option<Browser> {
+        Self::start_with(test, &[], "normal").await
+    }
+
+    /// The same, with more Chromium switches (e.g. `--ignore-certificate-errors`) and a WebDriver
+    /// page load strategy: "normal" (navigation commands return once the page has loaded) or
+    /// "none" (they return at once, for a page that may never load).
+    pub async fn start_with(
+        test: &'static str,
+        extra_args: &[&str],
+        page_load_strategy: &str,
+    ) -> Option<Browser> {
         if !browser_available(test) {
             return None;
         }
@@ -214,7 +225,7 @@ impl Browser {
         std::fs::create_dir_all(profile.join("chromium")).expect("create the profile dir");
         let driver = Driver::start(&profile.join("chromedriver.log"));
 
-        let args = [
+        let mut args = vec![
             "--headless=new".to_string(),
             "--no-sandbox".to_string(), // tests run as root
             "--disable-gpu".to_string(),
@@ -226,8 +237,10 @@ impl Browser {
             format!("--user-data-dir={}", profile.join("chromium").display()),
             "--window-size=1200,900".to_string(),
         ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
         let caps = json!({
             "browserName": "chrome",
+            "pageLoadStrategy": page_load_strategy,
             "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
             "timeouts": { "pageLoad": 20_000, "script": 10_000 },
             // Keep the page's console, for failure messages (see `console`).
