@@ -5,6 +5,9 @@ use crate::reply::{Body, Reply};
 /// (URL path, bytes, quoted ETag) for every file under `public/`.
 static FILES: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
+/// The client module other sites' pages import (`public/comet.js`).
+pub const MODULE: &str = "/comet.js";
+
 /// One embedded file.
 #[derive(Debug, Clone, Copy)]
 pub struct Asset {
@@ -45,11 +48,18 @@ impl Asset {
                 .map(|t| t.trim().trim_start_matches("W/"))
                 .any(|t| t == self.etag || t == "*")
         });
+        let mut headers = vec![("ETag", self.etag.to_string())];
+        if self.path == MODULE {
+            // Any page may import the client module: a module script is fetched in CORS mode,
+            // so a page on another origin needs this to run it. The file is public code and
+            // the fetch carries no credentials, so `*` gives nothing away.
+            headers.push(("Access-Control-Allow-Origin", "*".to_string()));
+        }
         Reply {
             status: if fresh { 304 } else { 200 },
             content_type: content_type(self.path),
             cache_control: "no-cache",
-            headers: vec![("ETag", self.etag.to_string())],
+            headers,
             body: Body::Static(if fresh { b"" } else { self.bytes }),
         }
     }
@@ -64,6 +74,19 @@ mod tests {
         let a = lookup("/").expect("public/index.html is embedded");
         assert_eq!(a.path, "/index.html");
         assert!(a.reply(None).content_type.starts_with("text/html"));
+    }
+
+    #[test]
+    fn any_page_may_import_the_client_module_and_nothing_else() {
+        let module = lookup(MODULE).expect("public/comet.js is embedded");
+        let acao = |r: &Reply| {
+            r.headers
+                .iter()
+                .any(|(n, v)| *n == "Access-Control-Allow-Origin" && v == "*")
+        };
+        assert!(acao(&module.reply(None)));
+        assert!(acao(&module.reply(Some(module.etag))));
+        assert!(!acao(&lookup("/").unwrap().reply(None)));
     }
 
     #[test]

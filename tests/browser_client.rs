@@ -52,16 +52,15 @@ window.record = (name) => {
 };
 "#;
 
-/// A page of another site that follows quotes with comet.js. The module is inlined: a page on
-/// another origin cannot import `/comet.js` from the quotes server, which serves its static files
-/// without CORS headers (module scripts are fetched in CORS mode); such a site serves its own copy.
+/// A page of another site that follows quotes with comet.js, imported from the quotes server
+/// (`loadComet(serverUrl)`: the server lets any page import its `/comet.js`).
 fn bare_page() -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>another site</title>
-<script>{HARNESS}</script></head>
-<body><p>A page of another site, following quotes with comet.js.</p>
-<script type="module">{COMET_JS}
-window.comet = {{ subscribe }};</script></body></html>"#
+<script>{HARNESS}
+window.loadComet = (base) => import(base + '/comet.js').then((m) => {{ window.comet = m; return true; }});
+</script></head>
+<body><p>A page of another site, following quotes with comet.js.</p></body></html>"#
     )
 }
 
@@ -82,6 +81,8 @@ async fn bare_page_and_server(test: &'static str, extra: &[&str]) -> Option<Bare
     let b = Browser::start(test).await?;
     b.open(site.addr, "/").await;
     let url = json!(format!("http://{}", s.addr));
+    b.js("return loadComet(arguments[0]);", vec![url.clone()])
+        .await;
     Some(BarePage { b, s, site, url })
 }
 
@@ -576,6 +577,8 @@ async fn a_browser_whose_clock_is_off_still_measures_true_delays() {
     for (i, skew) in [3_600_000.0_f64, -90_000.0].into_iter().enumerate() {
         let name = format!("skew{i}");
         b.open(site.addr, &format!("/?skew={skew}")).await;
+        b.js("return loadComet(arguments[0]);", vec![url.clone()])
+            .await;
         let seen = b
             .js(
                 "return performance.timeOrigin + performance.now() - window.realNow();",

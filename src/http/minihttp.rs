@@ -69,6 +69,7 @@ fn header_line(name: &str, value: &str) -> Option<&'static str> {
         ("Allow", "GET, HEAD, POST, OPTIONS") => "Allow: GET, HEAD, POST, OPTIONS",
         ("Retry-After", "1") => "Retry-After: 1",
         ("Retry-After", "10") => "Retry-After: 10",
+        ("Access-Control-Allow-Origin", "*") => "Access-Control-Allow-Origin: *",
         ("Allow", "POST") => "Allow: POST",
         ("Allow", "GET") => "Allow: GET",
         ("WWW-Authenticate", "Bearer") => "WWW-Authenticate: Bearer",
