@@ -246,16 +246,7 @@ async fn stopping_the_server_shows_reconnecting_and_the_stream_resumes_with_last
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let listen = addr.to_string();
-    let s2 = TestServer::start_raw(&[
-        "--listen",
-        &listen,
-        "--no-feed",
-        "--seed",
-        "1",
-        "--publish-token",
-        common::PUBLISH_TOKEN,
-    ]);
+    let s2 = TestServer::start_at(&addr.to_string(), &[]);
     let restarted = Instant::now();
     // Published before the page is back: only a resume from the last event id brings it.
     let open = snapshot(&s2, "IBM")[0].1;

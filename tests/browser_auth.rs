@@ -64,6 +64,18 @@ async fn event_prices(b: &Browser) -> Vec<f64> {
         .collect()
 }
 
+/// A server for `symbols` that checks tokens signed with [`SECRET`] and lets `site` read.
+fn server_listing(site: &StaticSite, symbols: &str) -> TestServer {
+    TestServer::start(&[
+        "--symbols",
+        symbols,
+        "--jwt-secret",
+        SECRET,
+        "--cors-origins",
+        &site.origin(),
+    ])
+}
+
 fn token(symbols: Value, exp_in: u64) -> String {
     hs256(&json!({"symbols": symbols, "exp": now_secs() + exp_in}))
 }
@@ -71,14 +83,7 @@ fn token(symbols: Value, exp_in: u64) -> String {
 #[tokio::test]
 async fn a_page_on_a_listed_origin_streams_with_the_cookie_and_with_access_token() {
     let site = StaticSite::serve(PAGE);
-    let s = TestServer::start(&[
-        "--symbols",
-        "IBM,MSFT",
-        "--jwt-secret",
-        SECRET,
-        "--cors-origins",
-        &site.origin(),
-    ]);
+    let s = server_listing(&site, "IBM,MSFT");
     let Some(b) =
         Browser::start("a_page_on_a_listed_origin_streams_with_the_cookie_and_with_access_token")
             .await
@@ -97,34 +102,24 @@ async fn a_page_on_a_listed_origin_streams_with_the_cookie_and_with_access_token
     b.open(site.addr, "/").await;
 
     let stream = format!("http://{}/api/stream?symbols=IBM", s.addr);
-    b.js("follow(arguments[0], true)", vec![json!(stream)])
-        .await;
-    wait_js(
-        &b,
-        "the snapshot event (cookie)",
-        "return window.events.length",
-    )
-    .await;
-    s.publish("IBM", 101.25);
-    b.wait_for("IBM 101.25 over the stream", LOAD, || async {
-        event_prices(&b).await.contains(&101.25).then_some(())
-    })
-    .await;
-
     let with_token = format!("{stream}&access_token={t}");
-    b.js("follow(arguments[0], false)", vec![json!(with_token)])
+    for (url, credentials, how, price) in [
+        (&stream, true, "the cookie", 101.25),
+        (&with_token, false, "access_token", 102.5),
+    ] {
+        b.js(
+            "follow(arguments[0], arguments[1])",
+            vec![json!(url), json!(credentials)],
+        )
         .await;
-    wait_js(
-        &b,
-        "the snapshot event (access_token)",
-        "return window.events.length",
-    )
-    .await;
-    s.publish("IBM", 102.5);
-    b.wait_for("IBM 102.5 over the stream", LOAD, || async {
-        event_prices(&b).await.contains(&102.5).then_some(())
-    })
-    .await;
+        let first = format!("the snapshot event ({how})");
+        wait_js(&b, &first, "return window.events.length").await;
+        s.publish("IBM", price);
+        b.wait_for(&format!("IBM {price} over the stream"), LOAD, || async {
+            event_prices(&b).await.contains(&price).then_some(())
+        })
+        .await;
+    }
 
     // Without credentials the cookie stays home, and without a token the stream is refused.
     b.js("follow(arguments[0], false)", vec![json!(stream)])
@@ -138,14 +133,7 @@ async fn a_page_on_a_listed_origin_streams_with_the_cookie_and_with_access_token
 #[tokio::test]
 async fn a_page_on_a_listed_origin_long_polls_with_an_authorization_header() {
     let site = StaticSite::serve(PAGE);
-    let s = TestServer::start(&[
-        "--symbols",
-        "IBM,MSFT",
-        "--jwt-secret",
-        SECRET,
-        "--cors-origins",
-        &site.origin(),
-    ]);
+    let s = server_listing(&site, "IBM,MSFT");
     let Some(b) =
         Browser::start("a_page_on_a_listed_origin_long_polls_with_an_authorization_header").await
     else {
@@ -180,14 +168,7 @@ async fn a_page_on_a_listed_origin_long_polls_with_an_authorization_header() {
 async fn a_page_on_an_origin_that_is_not_listed_cannot_read() {
     let listed = StaticSite::serve(PAGE);
     let other = StaticSite::serve(PAGE);
-    let s = TestServer::start(&[
-        "--symbols",
-        "IBM",
-        "--jwt-secret",
-        SECRET,
-        "--cors-origins",
-        &listed.origin(),
-    ]);
+    let s = server_listing(&listed, "IBM");
     let Some(b) = Browser::start("a_page_on_an_origin_that_is_not_listed_cannot_read").await else {
         return;
     };

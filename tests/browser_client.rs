@@ -282,18 +282,7 @@ async fn across_a_server_restart_the_module_resumes_and_loses_nothing() {
     eprintln!("while the server is down: {down}");
     // A new server on the same port: terminate() waited for the old one to exit, and the server
     // binds with SO_REUSEADDR.
-    let listen = addr.to_string();
-    let s2 = TestServer::start_raw(&[
-        "--listen",
-        &listen,
-        "--no-feed",
-        "--seed",
-        "1",
-        "--publish-token",
-        common::PUBLISH_TOKEN,
-        "--cors-origins",
-        &site.origin(),
-    ]);
+    let s2 = TestServer::start_at(&addr.to_string(), &["--cors-origins", &site.origin()]);
     // Most likely published before the module is back: only its cursor brings it then.
     let during = cents(prices(&s2, "IBM")[0].1 + 3.21);
     s2.publish("IBM", during);

@@ -58,7 +58,36 @@ fn publish_acked(s: &TestServer, symbol: &str, price: f64) -> u64 {
     }
 }
 
+/// A poll answer that carries exactly `symbol` at `price`, with `seq` as its cursor.
+fn assert_answer(answer: &common::Response, symbol: &str, price: f64, seq: u64) {
+    assert_eq!(answer.prices(), [(symbol.to_string(), price)]);
+    assert_eq!(answer.json()["cursor"].as_u64(), Some(seq));
+}
+
+/// The stream's next event carries exactly `symbol` at `price`, with `seq` as its id.
+fn assert_next_event(stream: &mut SseClient, symbol: &str, price: f64, seq: u64) {
+    let (id, data) = stream.next_event();
+    assert_eq!(id, seq);
+    assert_eq!(prices(&data), [(symbol.to_string(), price)]);
+}
+
 /// Wait (bounded) until `s` shows `symbol` at `price`.
+/// Two nodes, each reaching Redis through its own [`Partition`] so a test can cut either off.
+fn two_nodes_behind_partitions(r: &RedisServer) -> (Partition, TestServer, Partition, TestServer) {
+    let (to_a, to_b) = (Partition::to(r.port), Partition::to(r.port));
+    let a = node_at(&to_a.url(), SYMBOLS, &[]);
+    let b = node_at(&to_b.url(), SYMBOLS, &[]);
+    (to_a, a, to_b, b)
+}
+
+/// Cut `link` off, then Redis dies and comes back empty (no dump to load).
+fn redis_forgets_while_cut_off(r: &mut RedisServer, link: &Partition) {
+    link.cut();
+    r.kill9();
+    r.forget_dump();
+    r.restart();
+}
+
 fn wait_price(s: &TestServer, symbol: &str, price: f64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -90,12 +119,8 @@ fn a_poll_and_a_stream_on_one_node_are_woken_by_a_publish_on_another() {
     b.wait_for_metric("comet_polls_waiting", 1);
     b.wait_for_metric("comet_streams_waiting", 1);
     let seq = publish_acked(&a, "IBM", 77.5);
-    let answer = poll.read_response().unwrap();
-    assert_eq!(answer.prices(), [("IBM".to_string(), 77.5)]);
-    assert_eq!(answer.json()["cursor"].as_u64(), Some(seq));
-    let (id, data) = stream.next_event();
-    assert_eq!(id, seq);
-    assert_eq!(prices(&data), [("IBM".to_string(), 77.5)]);
+    assert_answer(&poll.read_response().unwrap(), "IBM", 77.5, seq);
+    assert_next_event(&mut stream, "IBM", 77.5, seq);
 }
 
 #[test]
@@ -653,13 +678,9 @@ fn after_redis_restarts_empty_each_held_poll_gets_exactly_the_next_real_change()
     // The next real change is what they all get, and all they get.
     let seq = publish_acked(&a, "AAPL", 30.0);
     for p in &mut polls {
-        let answer = p.read_response().unwrap();
-        assert_eq!(answer.prices(), [("AAPL".to_string(), 30.0)]);
-        assert_eq!(answer.json()["cursor"].as_u64(), Some(seq));
+        assert_answer(&p.read_response().unwrap(), "AAPL", 30.0, seq);
     }
-    let (id, data) = stream.next_event();
-    assert_eq!(id, seq);
-    assert_eq!(prices(&data), [("AAPL".to_string(), 30.0)]);
+    assert_next_event(&mut stream, "AAPL", 30.0, seq);
 }
 
 #[test]
@@ -669,9 +690,7 @@ fn a_change_one_node_missed_ends_everywhere_whichever_node_writes_back_first() {
         return;
     }
     let mut r = RedisServer::start();
-    let (to_a, to_b) = (Partition::to(r.port), Partition::to(r.port));
-    let a = node_at(&to_a.url(), SYMBOLS, &[]);
-    let b = node_at(&to_b.url(), SYMBOLS, &[]);
+    let (to_a, a, to_b, b) = two_nodes_behind_partitions(&r);
     publish_acked(&a, "IBM", 100.0);
     wait_price(&b, "IBM", 100.0);
     // B is cut off, and misses IBM@101.
@@ -680,10 +699,7 @@ fn a_change_one_node_missed_ends_everywhere_whichever_node_writes_back_first() {
     wait_price(&a, "IBM", 101.0);
     b.wait_for_metric_within("comet_redis_up", 0, LINK);
     // Redis loses everything; B gets back to it first and writes back its older IBM@100.
-    to_a.cut();
-    r.kill9();
-    r.forget_dump();
-    r.restart();
+    redis_forgets_while_cut_off(&mut r, &to_a);
     to_b.heal();
     b.wait_for_metric_within("comet_redis_up", 1, LINK);
     let (seq100, price) = stored(&r, "IBM").expect("B wrote IBM back");
@@ -742,12 +758,8 @@ fn a_node_that_lags_never_moves_a_clients_prices_or_cursor_backwards() {
     wait_price(&b, "MSFT", 3.0);
     assert_eq!(b.metric("comet_polls_waiting"), 1);
     let seq = publish_acked(&a, "IBM", 4.0);
-    let answer = held.read_response().unwrap();
-    assert_eq!(answer.prices(), [("IBM".to_string(), 4.0)]);
-    assert_eq!(answer.json()["cursor"].as_u64(), Some(seq));
-    let (id, data) = stream.next_event();
-    assert_eq!(id, seq);
-    assert_eq!(prices(&data), [("IBM".to_string(), 4.0)]);
+    assert_answer(&held.read_response().unwrap(), "IBM", 4.0, seq);
+    assert_next_event(&mut stream, "IBM", 4.0, seq);
 }
 
 #[test]
@@ -758,25 +770,23 @@ fn a_change_written_back_after_later_seqs_were_issued_still_reaches_clients_past
         return;
     }
     let mut r = RedisServer::start();
-    let (to_a, to_b) = (Partition::to(r.port), Partition::to(r.port));
-    let a = node_at(&to_a.url(), SYMBOLS, &[]);
-    let b = node_at(&to_b.url(), SYMBOLS, &[]);
+    let (to_a, a, to_b, b) = two_nodes_behind_partitions(&r);
     publish_acked(&a, "IBM", 10.0);
     wait_price(&b, "IBM", 10.0);
     // B misses IBM@77; then Redis loses everything while A is cut off too.
     to_b.cut();
     let s1 = publish_acked(&a, "IBM", 77.0);
     b.wait_for_metric_within("comet_redis_up", 0, LINK);
-    to_a.cut();
-    r.kill9();
-    r.forget_dump();
-    r.restart();
+    redis_forgets_while_cut_off(&mut r, &to_a);
     // B comes back first and the cluster moves on: a publish takes a seq above IBM@77's.
     to_b.heal();
     b.wait_for_metric_within("comet_redis_up", 1, LINK);
     let s3 = publish_acked(&b, "MSFT", 5.0);
     assert!(s3 > s1);
+    // The ack comes from Redis; B applies its own change when the announcement comes back.
+    wait_price(&b, "MSFT", 5.0);
     let cursor = b.cursor(SYMBOLS);
+    assert!(cursor >= s3, "{cursor} < {s3}");
     let mut held = b.send_poll(&format!("symbols={SYMBOLS}&cursor={cursor}&timeout=60"));
     b.wait_for_metric("comet_polls_waiting", 1);
     // A writes IBM@77 back: under its old seq B's client, whose cursor is past it, would never

@@ -22,6 +22,45 @@ fn cases() -> ProptestConfig {
     }
 }
 
+/// What the chunked decoder made of `wire`: a body within `max` that took no more than the wire,
+/// more needed, or a 400/413; never anything else.
+fn decoded_properly(wire: &[u8], max: usize) -> Result<(), TestCaseError> {
+    match decode_chunked(wire, max) {
+        Ok(Some((body, used))) => {
+            prop_assert!(used <= wire.len());
+            prop_assert!(body.len() <= max);
+        }
+        Ok(None) => {}
+        Err(e) => prop_assert!(matches!(e.status(), 400 | 413), "{e:?}"),
+    }
+    Ok(())
+}
+
+/// `body` in chunks of the sizes in `cuts` (the rest in one last chunk), with an extension on
+/// every size line when `ext`, size in upper-case hex when `upper`; no last chunk yet.
+fn chunks(body: &[u8], cuts: &[usize], ext: &str, upper: bool) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut rest = body;
+    for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+        if rest.is_empty() {
+            break;
+        }
+        let n = (*cut).min(rest.len());
+        let size = if upper {
+            format!("{n:X}")
+        } else {
+            format!("{n:x}")
+        };
+        wire.extend_from_slice(size.as_bytes());
+        wire.extend_from_slice(ext.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(&rest[..n]);
+        wire.extend_from_slice(b"\r\n");
+        rest = &rest[n..];
+    }
+    wire
+}
+
 /// Every refusal is a client error, or 501 for a transfer coding the server cannot undo.
 fn refused_properly(e: &ApiError) -> bool {
     (400..500).contains(&e.status()) || e.status() == 501
@@ -123,14 +162,7 @@ proptest! {
         ],
         max in 0usize..500,
     ) {
-        match decode_chunked(&bytes, max) {
-            Ok(Some((body, used))) => {
-                prop_assert!(used <= bytes.len());
-                prop_assert!(body.len() <= max);
-            }
-            Ok(None) => {}
-            Err(e) => prop_assert!(matches!(e.status(), 400 | 413), "{e:?}"),
-        }
+        decoded_properly(&bytes, max)?;
     }
 
     #[test]
@@ -141,23 +173,7 @@ proptest! {
         trailers in prop::collection::vec(("X-[A-Za-z]{1,8}", "[a-z0-9]{0,10}"), 0..3),
         upper in any::<bool>(),
     ) {
-        let mut wire = Vec::new();
-        let mut rest = &body[..];
-        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
-            if rest.is_empty() {
-                break;
-            }
-            let n = (*cut).min(rest.len());
-            let size = if upper { format!("{n:X}") } else { format!("{n:x}") };
-            wire.extend_from_slice(size.as_bytes());
-            if ext {
-                wire.extend_from_slice(b";name=value");
-            }
-            wire.extend_from_slice(b"\r\n");
-            wire.extend_from_slice(&rest[..n]);
-            wire.extend_from_slice(b"\r\n");
-            rest = &rest[n..];
-        }
+        let mut wire = chunks(&body, &cuts, if ext { ";name=value" } else { "" }, upper);
         wire.extend_from_slice(b"0\r\n");
         for (n, v) in &trailers {
             wire.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
@@ -379,14 +395,7 @@ proptest! {
         wire.extend_from_slice(size.as_bytes());
         wire.extend_from_slice(b"\r\n");
         wire.extend_from_slice(&tail);
-        match decode_chunked(&wire, max) {
-            Ok(Some((body, used))) => {
-                prop_assert!(used <= wire.len());
-                prop_assert!(body.len() <= max);
-            }
-            Ok(None) => {}
-            Err(e) => prop_assert!(matches!(e.status(), 400 | 413), "{e:?}"),
-        }
+        decoded_properly(&wire, max)?;
     }
 
     #[test]
@@ -397,22 +406,7 @@ proptest! {
         trailer in any::<bool>(),
         max_slack in 0usize..3,
     ) {
-        let mut wire = Vec::new();
-        let mut rest = &body[..];
-        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
-            if rest.is_empty() {
-                break;
-            }
-            let n = (*cut).min(rest.len());
-            wire.extend_from_slice(format!("{n:x}").as_bytes());
-            if ext {
-                wire.extend_from_slice(b";e=1");
-            }
-            wire.extend_from_slice(b"\r\n");
-            wire.extend_from_slice(&rest[..n]);
-            wire.extend_from_slice(b"\r\n");
-            rest = &rest[n..];
-        }
+        let mut wire = chunks(&body, &cuts, if ext { ";e=1" } else { "" }, false);
         wire.extend_from_slice(b"0\r\n");
         if trailer {
             wire.extend_from_slice(b"X-T: 1\r\n");

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{cpu_seconds, fd_count, rss_kib, Conn, TestServer};
@@ -152,37 +151,23 @@ fn past_max_connections_a_client_gets_503_then_gets_in_once_others_leave() {
     assert!(s.metric("comet_connections_refused_total") >= 1);
 }
 
+/// A feedless node for IBM on any port, under an open-file limit of 256, with `extra` flags.
+fn node_with_256_files(extra: &[&str]) -> TestServer {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--no-feed", "--symbols", "IBM"];
+    args.extend_from_slice(extra);
+    TestServer::start_with_nofile(&args, 256)
+}
+
 /// 400 clients against a node allowed 256 open files: it serves the ones it took, refuses the
 /// rest with a 503 (its default cap leaves room under the limit), and answers new requests
 /// once some leave.
 #[test]
 fn under_an_open_file_limit_of_256_the_node_serves_the_clients_it_took() {
-    let s = TestServer::start_with_nofile(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--no-feed",
-            "--symbols",
-            "IBM",
-            "--publish-token",
-            common::PUBLISH_TOKEN,
-        ],
-        256,
-    );
+    let s = node_with_256_files(&["--publish-token", common::PUBLISH_TOKEN]);
     let cursor = s.cursor("IBM");
-    let mut held = Vec::new();
-    for _ in 0..400 {
-        let mut c = Conn::open(s.addr).expect("connect");
-        c.send(
-            "GET",
-            &format!("/api/poll?symbols=IBM&cursor={cursor}&timeout=60"),
-            &[],
-            b"",
-            false,
-        )
-        .unwrap();
-        held.push(c);
-    }
+    let held: Vec<Conn> = (0..400)
+        .map(|_| s.send_poll_keep_alive(&format!("symbols=IBM&cursor={cursor}&timeout=60")))
+        .collect();
     // The default cap is the open-file limit less 64: the first 192 are parked, the others
     // get their 503 at once. Sort them by whether an answer is there to read.
     let cap = 256 - 64;
@@ -233,32 +218,10 @@ fn under_an_open_file_limit_of_256_the_node_serves_the_clients_it_took() {
 /// backs off (logging at most once a second) instead of spinning or dying.
 #[test]
 fn an_accept_loop_out_of_file_descriptors_backs_off_and_recovers() {
-    let s = TestServer::start_with_nofile(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--no-feed",
-            "--symbols",
-            "IBM",
-            "--max-connections",
-            "100000",
-        ],
-        256,
-    );
+    let s = node_with_256_files(&["--max-connections", "100000"]);
     let cursor = s.cursor("IBM");
-    let clients: Vec<TcpStream> = (0..400)
-        .map(|_| {
-            let mut c = Conn::open(s.addr).unwrap();
-            c.send(
-                "GET",
-                &format!("/api/poll?symbols=IBM&cursor={cursor}&timeout=60"),
-                &[],
-                b"",
-                false,
-            )
-            .unwrap();
-            c.stream().try_clone().unwrap()
-        })
+    let clients: Vec<Conn> = (0..400)
+        .map(|_| s.send_poll_keep_alive(&format!("symbols=IBM&cursor={cursor}&timeout=60")))
         .collect();
     s.wait_for_stderr("accept failed", Duration::from_secs(10));
     // Going on failing for a while: at most about one line a second, and no spinning (an

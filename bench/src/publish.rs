@@ -183,6 +183,24 @@ pub struct PubPlan {
     pub auth: String,
 }
 
+impl PubPlan {
+    /// The request of publish `idx`, stamped now, and that stamp (µs since the epoch).
+    fn request(&self, idx: usize) -> (String, u64) {
+        let sym = &self.symbols[self.pub_syms[idx] as usize];
+        let send_us = plan::now_us();
+        let req = publish_request(
+            self.kind,
+            &self.target,
+            &self.auth,
+            sym,
+            self.price_base,
+            idx,
+            send_us,
+        );
+        (req, send_us)
+    }
+}
+
 /// Most requests one lane keeps unanswered before its writer waits (that wait shows up as lag).
 const MAX_IN_FLIGHT: usize = 512;
 
@@ -335,17 +353,7 @@ fn publish_lane(
             thread::sleep(Duration::from_micros(200));
         }
         lag.record(Instant::now().saturating_duration_since(due).as_micros() as u64);
-        let sym = &plan.symbols[plan.pub_syms[idx] as usize];
-        let send_us = plan::now_us();
-        let req = publish_request(
-            plan.kind,
-            &plan.target,
-            &plan.auth,
-            sym,
-            plan.price_base,
-            idx,
-            send_us,
-        );
+        let (req, send_us) = plan.request(idx);
         l.in_flight.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
         if let Err(e) = l.writer.write_all(req.as_bytes()) {
@@ -450,17 +458,7 @@ pub fn run_fanout(
             seen = servers_waiting(plan.kind, plan.transport, &plan.waiting_on);
         }
         waiting_seen.push(seen);
-        let sym = &plan.symbols[plan.pub_syms[idx] as usize];
-        let send_us = plan::now_us();
-        let req = publish_request(
-            plan.kind,
-            &plan.target,
-            &plan.auth,
-            sym,
-            plan.price_base,
-            idx,
-            send_us,
-        );
+        let (req, send_us) = plan.request(idx);
         let t0 = Instant::now();
         match conn.exchange(req.as_bytes()) {
             Ok(r) if (200..300).contains(&r.status) => {

@@ -30,7 +30,12 @@ impl TestServer {
     /// test-publish-token <extra>` and wait until it answers. The random feed is off so prices
     /// change only when a test publishes; `extra` may name another `--publish-token`.
     pub fn start(extra: &[&str]) -> TestServer {
-        let mut args = vec!["--listen", "127.0.0.1:0", "--no-feed", "--seed", "1"];
+        Self::start_at("127.0.0.1:0", extra)
+    }
+
+    /// The same on the address `listen` (a server restarted on the port of one that stopped).
+    pub fn start_at(listen: &str, extra: &[&str]) -> TestServer {
+        let mut args = vec!["--listen", listen, "--no-feed", "--seed", "1"];
         if !extra.contains(&"--publish-token") {
             args.extend_from_slice(&["--publish-token", PUBLISH_TOKEN]);
         }
