@@ -166,8 +166,9 @@ pub enum Scope {
     Nothing,
     /// Every symbol (`"*"`).
     All,
-    /// These (normalized) symbols.
-    Only(Box<[Box<str>]>),
+    /// These (normalized) symbols. Shared, so that handing a grant's scope to a publish is a
+    /// count, not a copy of up to `--max-symbols` names.
+    Only(Arc<[Box<str>]>),
 }
 
 impl Scope {

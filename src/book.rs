@@ -37,7 +37,7 @@ use serde::Serialize;
 pub use crate::answer::Answer;
 use crate::error::ApiError;
 use crate::lanes::{lock, Lanes};
-use crate::metrics::{Metrics, Reason};
+use crate::metrics::{Gauge, Metrics, Reason};
 use crate::table::{Full, Table};
 use crate::waiter::{Hold, Parked, Sweeper, Waiter};
 
@@ -164,23 +164,6 @@ pub enum Wait {
     Shutdown,
     /// The client closed its connection while it waited.
     ClientGone,
-}
-
-/// Counts a parked request in a gauge for as long as it is parked, however the park ends (a
-/// panic in a connection's code included).
-struct Parking<'a>(&'a AtomicU64);
-
-impl<'a> Parking<'a> {
-    fn enter(gauge: &'a AtomicU64) -> Parking<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Parking(gauge)
-    }
-}
-
-impl Drop for Parking<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Marks a waiter done when its wait ends, however it ends, so that the waiter lists and the
@@ -455,7 +438,7 @@ impl QuoteBook {
             let finish = Finish(&waiter);
             let ready = symbols.iter().any(|s| s.register(cursor, &waiter, lane));
             if !ready && self.sweeper.add(deadline, waiter.clone()) {
-                let _parked = Parking::enter(waiting);
+                let _parked = Gauge::enter(waiting);
                 if waiter.wait(hold) == Parked::ClientGone {
                     return Wait::ClientGone;
                 }

@@ -83,20 +83,26 @@ impl CorsOrigins {
         }
     }
 
+    /// May a page on `origin` read the answers?
+    fn allows(&self, origin: Option<&str>) -> bool {
+        match self {
+            CorsOrigins::None => false,
+            CorsOrigins::Any => true,
+            // Compared as sent: browsers serialize origins in the normalized form.
+            CorsOrigins::List(list) => origin.is_some_and(|o| list.iter().any(|l| l == o)),
+        }
+    }
+
     /// The headers every `/api/` answer to a request from `origin` carries.
     pub fn answer_headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
-        match self {
-            CorsOrigins::None => Vec::new(),
-            CorsOrigins::Any => vec![("Access-Control-Allow-Origin", "*".into())],
-            CorsOrigins::List(list) => match origin {
-                // Compared as sent: browsers serialize origins in the normalized form.
-                Some(o) if list.iter().any(|l| l == o) => vec![
-                    ("Access-Control-Allow-Origin", o.to_string()),
-                    ("Access-Control-Allow-Credentials", "true".into()),
-                    ("Vary", "Origin".into()),
-                ],
-                _ => Vec::new(),
-            },
+        match (self, origin) {
+            _ if !self.allows(origin) => Vec::new(),
+            (CorsOrigins::List(_), Some(o)) => vec![
+                ("Access-Control-Allow-Origin", o.to_string()),
+                ("Access-Control-Allow-Credentials", "true".into()),
+                ("Vary", "Origin".into()),
+            ],
+            _ => vec![("Access-Control-Allow-Origin", "*".into())],
         }
     }
 
@@ -104,7 +110,7 @@ impl CorsOrigins {
     /// [`CorsOrigins::answer_headers`]: the methods and request headers a page may use, and how
     /// long the browser may remember that. Nothing for an origin that may not read.
     pub fn preflight_headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
-        if self.answer_headers(origin).is_empty() {
+        if !self.allows(origin) {
             return Vec::new();
         }
         vec![

@@ -163,20 +163,6 @@ impl fmt::Display for ApiError {
     }
 }
 
-impl ApiError {
-    /// For a refused credential, the `reason` it is counted under in
-    /// `comet_auth_refused_total`.
-    pub fn auth_refusal(&self) -> Option<&'static str> {
-        match self {
-            ApiError::MissingToken => Some("missing"),
-            ApiError::InvalidToken(_) => Some("invalid"),
-            ApiError::ExpiredToken => Some("expired"),
-            ApiError::NotGranted(_) => Some("forbidden"),
-            _ => None,
-        }
-    }
-}
-
 impl std::error::Error for ApiError {}
 
 #[cfg(test)]

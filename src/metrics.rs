@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::error::ApiError;
+
 /// Why a poll was answered (for metrics and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -60,6 +62,23 @@ impl Histogram {
     }
 }
 
+/// Counts one in a gauge for as long as it lives, however that ends (a panic in a
+/// connection's code included).
+pub struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    pub fn enter(gauge: &'a AtomicU64) -> Gauge<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Open client connections (gauge).
@@ -108,7 +127,7 @@ pub struct Metrics {
     pub redis_reconnects: AtomicU64,
     /// Changes applied from Redis (announced or loaded).
     pub redis_changes: AtomicU64,
-    /// Requests refused for their credential, by reason (`ApiError::auth_refusal`).
+    /// Requests refused for their credential, by reason (`Metrics::count_auth_refused`).
     pub auth_refused_missing: AtomicU64,
     pub auth_refused_invalid: AtomicU64,
     pub auth_refused_expired: AtomicU64,
@@ -138,13 +157,14 @@ impl Metrics {
         }
     }
 
-    /// A refused credential, by `ApiError::auth_refusal`'s reason.
-    pub fn count_auth_refused(&self, reason: &str) {
-        let c = match reason {
-            "missing" => &self.auth_refused_missing,
-            "expired" => &self.auth_refused_expired,
-            "forbidden" => &self.auth_refused_forbidden,
-            _ => &self.auth_refused_invalid,
+    /// Count `e` by its reason if it refuses a credential; other errors are not counted here.
+    pub fn count_auth_refused(&self, e: &ApiError) {
+        let c = match e {
+            ApiError::MissingToken => &self.auth_refused_missing,
+            ApiError::InvalidToken(_) => &self.auth_refused_invalid,
+            ApiError::ExpiredToken => &self.auth_refused_expired,
+            ApiError::NotGranted(_) => &self.auth_refused_forbidden,
+            _ => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -292,16 +312,17 @@ impl Metrics {
             "Changes applied from Redis.",
             g(&self.redis_changes),
         );
-        // A counter family with one series per `reason`.
-        let mut by_reason = |name: &str, help: &str, series: &[(&str, &AtomicU64)]| {
+        // A counter family with one series per value of its `label`.
+        let mut by_label = |name: &str, help: &str, label: &str, series: &[(&str, &AtomicU64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (reason, v) in series {
-                let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", g(v));
+            for (value, v) in series {
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", g(v));
             }
         };
-        by_reason(
+        by_label(
             "comet_polls_answered_total",
             "Long-polls answered, by reason.",
+            "reason",
             &[
                 ("change", &self.answered_change),
                 ("timeout", &self.answered_timeout),
@@ -309,9 +330,10 @@ impl Metrics {
                 ("shutdown", &self.answered_shutdown),
             ],
         );
-        by_reason(
+        by_label(
             "comet_streams_ended_total",
             "Streams ended, by reason.",
+            "reason",
             &[
                 ("client_gone", &self.streams_ended_client_gone),
                 ("slow", &self.streams_ended_slow),
@@ -320,9 +342,10 @@ impl Metrics {
                 ("expired", &self.streams_ended_expired),
             ],
         );
-        by_reason(
+        by_label(
             "comet_auth_refused_total",
             "Requests refused for their credential, by reason.",
+            "reason",
             &[
                 ("missing", &self.auth_refused_missing),
                 ("invalid", &self.auth_refused_invalid),
@@ -330,22 +353,16 @@ impl Metrics {
                 ("forbidden", &self.auth_refused_forbidden),
             ],
         );
-        let _ = writeln!(
-            out,
-            "# HELP comet_display_reports_total Display-delay reports from pages, by result.\n\
-             # TYPE comet_display_reports_total counter"
+        by_label(
+            "comet_display_reports_total",
+            "Display-delay reports from pages, by result.",
+            "result",
+            &[
+                ("accepted", &self.display_reports_accepted),
+                ("refused", &self.display_reports_refused),
+                ("limited", &self.display_reports_limited),
+            ],
         );
-        for (result, v) in [
-            ("accepted", &self.display_reports_accepted),
-            ("refused", &self.display_reports_refused),
-            ("limited", &self.display_reports_limited),
-        ] {
-            let _ = writeln!(
-                out,
-                "comet_display_reports_total{{result=\"{result}\"}} {}",
-                g(v)
-            );
-        }
         self.display_delay.render(
             "comet_display_delay_seconds",
             "From a quote's change to the first frame painted after a page showed it, as pages report it.",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::app::App;
 use crate::assets;
-use crate::book::Answer;
+use crate::book::{now_micros, Answer};
 use crate::display;
 use crate::error::ApiError;
 use crate::metrics::Reason;
@@ -75,22 +75,22 @@ fn preflight(app: &App, origin: Option<&str>) -> Reply {
 
 /// The reply to a refused request; a refused credential is counted by its reason.
 fn refuse(app: &App, e: &ApiError) -> Reply {
-    if let Some(reason) = e.auth_refusal() {
-        app.metrics.count_auth_refused(reason);
-    }
+    app.metrics.count_auth_refused(e);
     error_reply(e)
 }
 
-/// The microseconds since the Unix epoch: the clock JWTs' `exp` is on.
-fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// When a token valid until `exp_us` (Unix µs) expires, on the monotonic clock waits use.
-fn expiry_instant(exp_us: u64) -> Instant {
-    Instant::now() + Duration::from_micros(exp_us.saturating_sub(now_micros()))
+/// May the bearer of `token` read `names`? `Ok(None)`: they are all public; `Ok(Some(at))`:
+/// yes, until the token expires at `at`, on the monotonic clock waits use. JWTs' `exp` is on
+/// the Unix clock: both clocks are read together, before the check, so that the time a first
+/// check of the signature takes cannot move `at` past the expiry.
+fn read_until(
+    app: &App,
+    token: Option<&str>,
+    names: &[String],
+) -> Result<Option<Instant>, ApiError> {
+    let (now_us, now) = (now_micros(), Instant::now());
+    let exp_us = app.auth.check_read(token, names, now_us)?;
+    Ok(exp_us.map(|exp| now + Duration::from_micros(exp.saturating_sub(now_us))))
 }
 
 /// GET (or HEAD) only: a 405 naming them otherwise.
@@ -123,10 +123,7 @@ fn route<'a>(
                 app.config.poll_timeout,
                 app.config.max_poll_timeout,
             )?;
-            let expires = app
-                .auth
-                .check_read(req.read_token(&q), &names, now_micros())?
-                .map(expiry_instant);
+            let expires = read_until(app, req.read_token(&q), &names)?;
             let symbols = app.book.resolve(&names)?;
             let lane = req.lane;
             // The request and its parsed query are freed before the poll parks: a held poll
@@ -160,10 +157,7 @@ fn route<'a>(
                 Some(id) => Some(sse::parse_last_event_id(id)?),
                 None => parse_cursor(q.get("cursor"))?,
             };
-            let expires = app
-                .auth
-                .check_read(req.read_token(&q), &names, now_micros())?
-                .map(expiry_instant);
+            let expires = read_until(app, req.read_token(&q), &names)?;
             Ok(Response::Stream(Stream {
                 symbols: app.book.resolve(&names)?,
                 cursor,

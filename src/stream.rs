@@ -8,13 +8,15 @@
 //! the socket behind [`StreamIo`] is the connection layer's.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
 use crate::app::App;
 use crate::book::{Symbol, Wait};
+use crate::error::ApiError;
+use crate::metrics::Gauge;
 use crate::sse;
 use crate::waiter::Hold;
 
@@ -58,21 +60,11 @@ pub fn lifetime(max: Duration, rng: &mut impl Rng) -> Duration {
     max.mul_f64(rng.gen_range(0.9..=1.0))
 }
 
-/// Counts a stream as open for as long as it lives.
-struct Open<'a>(&'a AtomicU64);
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Run a stream until it ends. `head` is the HTTP response head, sent together with the preamble
 /// and (when the stream starts with one) the first event.
 pub fn serve(app: &App, s: Stream<'_>, head: Vec<u8>, io: &mut dyn StreamIo) -> End {
     let m = &app.metrics;
-    m.streams_open.fetch_add(1, Ordering::Relaxed);
-    let _open = Open(&m.streams_open);
+    let _open = Gauge::enter(&m.streams_open);
     let end = run(app, s, head, io);
     let counter = match end {
         End::ClientGone => {
@@ -83,7 +75,7 @@ pub fn serve(app: &App, s: Stream<'_>, head: Vec<u8>, io: &mut dyn StreamIo) -> 
         End::Lifetime => &m.streams_ended_lifetime,
         End::Shutdown => &m.streams_ended_shutdown,
         End::Expired => {
-            m.count_auth_refused("expired");
+            m.count_auth_refused(&ApiError::ExpiredToken);
             &m.streams_ended_expired
         }
     };

@@ -418,11 +418,8 @@ impl Cluster {
         if !absent.is_empty() {
             let cmd = wire::publish_cmd(self.book.current_seq(), self.max_symbols, &absent);
             // EVALSHA needs the script loaded on this connection's Redis.
-            let _: RedisResult<String> = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(wire::PUBLISH)
-                .query(con);
-            if let Err(e) = cmd.query::<redis::Value>(con) {
+            let loaded = load_publish_script(con);
+            if let Err(e) = loaded.and_then(|()| cmd.query::<redis::Value>(con)) {
                 log::warn!("could not create this node's symbols in Redis: {e}");
             }
         }
@@ -441,10 +438,7 @@ impl Cluster {
     /// Redis that restarted has lost it, but this connection is new then too).
     fn command_connection(&self) -> RedisResult<Connection> {
         let mut con = self.connect()?;
-        let _: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(wire::PUBLISH)
-            .query(&mut con)?;
+        load_publish_script(&mut con)?;
         Ok(con)
     }
 
@@ -644,6 +638,15 @@ impl Cluster {
         }
         Ok(last)
     }
+}
+
+/// Load the publish script into `con`'s Redis, which publishes then run by its hash.
+fn load_publish_script(con: &mut Connection) -> RedisResult<()> {
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(wire::PUBLISH)
+        .query(con)?;
+    Ok(())
 }
 
 #[cfg(test)]

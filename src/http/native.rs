@@ -21,6 +21,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::date;
 use crate::http::protocol::{self, BodyLength, ChunkedDecoder, HeadScanner};
+use crate::metrics::Gauge;
 use crate::reply::{error_reply, Reply};
 use crate::request::{ConnState, Request};
 use crate::routes::{self, Response};
@@ -347,22 +348,6 @@ impl Drop for Closed<'_> {
     }
 }
 
-/// Counts a request in flight for as long as it is handled, however that ends.
-struct InFlight<'a>(&'a AtomicU64);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a AtomicU64) -> InFlight<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        InFlight(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Read requests and answer them until the connection is done.
 fn serve_requests(
     stream: &mut TcpStream,
@@ -390,7 +375,7 @@ fn serve_requests(
                     buf = Vec::new();
                 }
                 watch.busy.store(true, Ordering::Release);
-                let in_flight = InFlight::enter(&app.metrics.in_flight);
+                let in_flight = Gauge::enter(&app.metrics.in_flight);
                 let head_only = req.method == "HEAD";
                 let mut conn = Conn::new(stream, sweeper, app.config.write_timeout);
                 let go_on = match routes::handle(app, req, &conn, &mut state) {
