@@ -65,7 +65,7 @@ impl TryHttps {
         let mut failures = Vec::new();
         // A free port is only free until someone takes it: try another if nginx could not bind.
         for _ in 0..3 {
-            match Self::try_start(browser::free_port(), node) {
+            match Self::try_start(common::free_port(), node) {
                 Ok(t) => return t,
                 Err(why) if why.contains("Address already in use") => failures.push(why),
                 Err(why) => panic!("deploy/try-https.sh failed: {why}"),

@@ -61,7 +61,7 @@ struct Driver {
 impl Driver {
     fn start(log: &Path) -> Driver {
         for _ in 0..5 {
-            let port = free_port();
+            let port = crate::common::free_port();
             let mut child = Command::new(CHROMEDRIVER)
                 .arg(format!("--port={port}"))
                 .arg(format!("--log-path={}", log.display()))
@@ -122,14 +122,6 @@ impl Drop for Driver {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// A free loopback port (bound then released; the caller binds it right after).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
 }
 
 /// One HTTP/1.1 request with a real `Host: 127.0.0.1:port` (chromedriver refuses other hosts);

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,21 @@ pub mod sse;
 
 /// The publish token `TestServer::start` gives a server unless the test names its own.
 pub const PUBLISH_TOKEN: &str = "test-publish-token";
+
+/// A loopback port free now, for a process that binds it later (a Redis, a chromedriver, an
+/// nginx), perhaps again after a restart. Taken below Linux's ephemeral range (32768-60999), so
+/// that no `:0` listener or outgoing connection of the parallel tests is handed it meanwhile.
+pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_768);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32767");
+}
 
 /// A server process started for one test; killed when dropped.
 pub struct TestServer {

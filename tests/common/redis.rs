@@ -33,13 +33,6 @@ pub struct RedisServer {
     pub dir: PathBuf,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl RedisServer {
     /// A fresh Redis with no persistence of its own (`SAVE` writes a dump on demand) in a new
     /// directory.
@@ -51,15 +44,12 @@ impl RedisServer {
 
     /// A port and a directory for a Redis that is not running yet (`restart` starts it).
     pub fn unstarted() -> RedisServer {
-        let dir = std::env::temp_dir().join(format!(
-            "comet-redis-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let port = crate::common::free_port();
+        let dir = std::env::temp_dir().join(format!("comet-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
         RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir,
         }
     }
