@@ -1,7 +1,8 @@
 //! `public/comet.js`, the client module, in a real browser (headless Chromium through
 //! chromedriver) against the real server binary: on a bare page of another site, across a server
-//! restart, by long-poll where the server cannot stream, with a token that expires, on a browser
-//! whose clock is off; and the display delays the quotes page reports to the server.
+//! restart, by long-poll where the server cannot stream, where the browser has no EventSource and
+//! behind a proxy that buffers the stream, with a token that expires, on a browser whose clock is
+//! off; and the display delays the quotes page reports to the server.
 //!
 //! The bare page records what each subscription hands its callbacks (`window.logs[name]`); the
 //! tests wait on those records with deadlines. Each test saves a screenshot to
@@ -12,6 +13,10 @@
 mod browser;
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use browser::{Browser, StaticSite};
@@ -407,6 +412,156 @@ async fn where_the_server_cannot_stream_the_module_long_polls() {
     );
     b.js("window.subs.a.close();", vec![]).await;
     wait_state(&b, "a", "closed").await;
+    b.save_screenshot("").await;
+}
+
+#[tokio::test]
+async fn in_a_browser_without_eventsource_the_module_long_polls() {
+    let test = "in_a_browser_without_eventsource_the_module_long_polls";
+    let Some(BarePage { b, s, url, .. }) = bare_page_and_server(test, &[]).await else {
+        return;
+    };
+    b.js("window.EventSource = undefined; return true;", vec![])
+        .await;
+    subscribe(
+        &b,
+        "a",
+        "{ url: arguments[1], symbols: ['IBM'] }",
+        vec![url],
+    )
+    .await;
+    let live = wait_state(&b, "a", "live").await;
+    assert_eq!(live["transport"], "poll", "{live}");
+    assert_eq!(
+        live["fallback"], "this browser has no EventSource",
+        "{live}"
+    );
+    let opening = prices(&s, "IBM")[0].1;
+    let q = wait_quote(&b, "a", "IBM", opening).await;
+    assert_eq!(q["kind"], "snapshot", "{q}");
+    s.wait_for_metric("comet_polls_waiting", 1);
+    assert_eq!(s.metric("comet_streams_open"), 0);
+    let ibm = cents(opening + 0.25);
+    s.publish("IBM", ibm);
+    let q = wait_quote(&b, "a", "IBM", ibm).await;
+    assert_eq!(
+        (&q["kind"], &q["transport"]),
+        (&json!("live"), &json!("poll"))
+    );
+    b.save_screenshot("").await;
+}
+
+/// A proxy in front of the server that keeps an answer until it ends, as nginx does with
+/// `proxy_buffering on` (and the server's `X-Accel-Buffering: no` ignored): a stream never ends,
+/// so nothing of it reaches the page. The rest passes straight through.
+struct BufferingProxy {
+    addr: SocketAddr,
+}
+
+impl BufferingProxy {
+    fn to(upstream: SocketAddr) -> BufferingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                std::thread::spawn(move || relay(client, upstream));
+            }
+        });
+        BufferingProxy { addr }
+    }
+}
+
+/// One client connection through [`BufferingProxy`]. A browser sends a request only once the
+/// previous answer on its connection is in, and its head in one write: so once a read from the
+/// client starts `GET /api/stream`, everything the server sends back on that connection is the
+/// stream's, and is kept.
+fn relay(client: TcpStream, upstream: SocketAddr) {
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let hold = Arc::new(AtomicBool::new(false));
+    let (Ok(mut to_client), Ok(mut from_server)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let holding = Arc::clone(&hold);
+    let back = std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        let mut kept = Vec::new();
+        loop {
+            match from_server.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) if holding.load(Ordering::SeqCst) => kept.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    if to_client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The answer ended: a buffering proxy sends it now, whole.
+        let _ = to_client.write_all(&kept);
+        let _ = to_client.shutdown(Shutdown::Both);
+    });
+    let (mut from_client, mut to_server) = (client, server);
+    let mut buf = [0u8; 16384];
+    loop {
+        match from_client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if buf[..n].starts_with(b"GET /api/stream") {
+                    hold.store(true, Ordering::SeqCst);
+                }
+                if to_server.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // The client left (the module gave the stream up): so does the proxy, and the server sees it.
+    let _ = to_server.shutdown(Shutdown::Both);
+    let _ = back.join();
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_buffers_the_stream_the_module_long_polls() {
+    let test = "behind_a_proxy_that_buffers_the_stream_the_module_long_polls";
+    let Some(BarePage { b, s, .. }) = bare_page_and_server(test, &[]).await else {
+        return;
+    };
+    let proxy = BufferingProxy::to(s.addr);
+    let url = json!(format!("http://{}", proxy.addr));
+    subscribe(
+        &b,
+        "a",
+        "{ url: arguments[1], symbols: ['IBM', 'MSFT'] }",
+        vec![url],
+    )
+    .await;
+    // The stream reaches the server, and none of it the page: after a few seconds without its
+    // first event the module long-polls instead, and lets the stream go.
+    s.wait_for_metric("comet_streams_open", 1);
+    let live = wait_state(&b, "a", "live").await;
+    assert_eq!(live["transport"], "poll", "{live}");
+    let why = live["fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("buffered"), "{live}");
+    let opening = prices(&s, "IBM,MSFT");
+    for (symbol, price) in &opening {
+        let q = wait_quote(&b, "a", symbol, *price).await;
+        assert_eq!(
+            (&q["kind"], &q["transport"]),
+            (&json!("snapshot"), &json!("poll")),
+            "{q}"
+        );
+    }
+    s.wait_for_metric("comet_streams_open", 0);
+    s.wait_for_metric("comet_polls_waiting", 1);
+    let msft = cents(opening[1].1 - 0.5);
+    s.publish("MSFT", msft);
+    let q = wait_quote(&b, "a", "MSFT", msft).await;
+    assert_eq!(
+        (&q["kind"], &q["transport"]),
+        (&json!("live"), &json!("poll"))
+    );
     b.save_screenshot("").await;
 }
 
