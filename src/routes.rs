@@ -35,7 +35,7 @@ pub enum Response<'a> {
 /// the connection layer keeps for this connection across its requests.
 pub fn handle<'a>(
     app: &'a App,
-    mut req: Request,
+    mut req: Box<Request>,
     hold: &dyn Hold,
     conn: &mut ConnState,
 ) -> Response<'a> {
@@ -121,9 +121,11 @@ fn only_get(req: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// Not inlined into `handle`, nor `poll` into it: see `poll`.
+#[inline(never)]
 fn route<'a>(
     app: &'a App,
-    req: Request,
+    req: Box<Request>,
     hold: &dyn Hold,
     conn: &mut ConnState,
 ) -> Result<Response<'a>, ApiError> {
@@ -132,56 +134,71 @@ fn route<'a>(
         return Err(ApiError::NotReady);
     }
     match req.path.as_str() {
-        "/api/poll" => {
-            only_get(&req)?;
-            let lane = req.lane;
-            let (symbols, cursor, timeout, expires) = poll_params(app, &req)?;
-            // The request is freed before the poll parks, as everything poll_params parsed on
-            // the way (the query, the names): a held poll keeps only what it waits with
-            // (measured: 8.94 -> 8.23 KB RSS per held poll). With the names freed only after
-            // the wake instead (b3268a5), malloc and free took 6.3% of the one-worker fan-out's
-            // CPU samples against 3.3% (perf; bench/README.md, "Same-session A/B").
-            drop(req);
-            // A poll is never held past its token's expiry: it is answered 401 then.
-            let wait = match expires {
-                Some(at) => timeout.min(at.saturating_duration_since(Instant::now())),
-                None => timeout,
-            };
-            match app.book.poll(&symbols, cursor, wait, lane, hold) {
-                Some(a)
-                    if a.reason == Reason::Timeout
-                        && expires.is_some_and(|at| Instant::now() >= at) =>
-                {
-                    Err(ApiError::ExpiredToken)
-                }
-                Some(answer) => Ok(Response::Reply(answer_reply(answer))),
-                None => Ok(Response::ClientGone),
-            }
-        }
-        "/api/stream" => {
-            if req.method != "GET" {
-                return Err(ApiError::MethodNotAllowed { allow: "GET" });
-            }
-            let q = Query::parse(&req.query);
-            let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
-            // A reconnecting browser sends Last-Event-ID while its URL still has the first cursor.
-            let cursor = match &req.last_event_id {
-                Some(id) => Some(sse::parse_last_event_id(id)?),
-                None => parse_cursor(q.get("cursor"))?,
-            };
-            let expires = read_until(app, req.read_token(&q), &names)?;
-            Ok(Response::Stream(Stream {
-                symbols: app.book.resolve(&names)?,
-                cursor,
-                lane: req.lane,
-                expires,
-                headers: Vec::new(),
-            }))
-        }
+        "/api/poll" => poll(app, req, hold),
+        "/api/stream" => stream(app, &req),
         "/api/display-delay" => display_report(app, &req, conn).map(Response::Reply),
         "/debug/panic" if app.config.test_panic_route => test_panic(app, &req, hold),
         path => route_reply(app, &req, path).map(Response::Reply),
     }
+}
+
+/// `GET /api/poll`: hold until one of the symbols changes past the cursor, or the timeout.
+///
+/// Not inlined, nor `route` into `handle`: a held poll keeps resident every page of its
+/// coroutine stack it ever touched, and with every route inlined into one frame, that frame was
+/// as large as all of theirs together. With these frames apart and the request boxed, a held
+/// poll's deepest point went from 536 to 400 words (4288 to 3200 bytes), one 4 KiB page of
+/// stack instead of two, and 11.4 to 7.3 KB RSS per held poll (bench/README.md, "Memory per
+/// held poll").
+#[inline(never)]
+fn poll<'a>(app: &'a App, req: Box<Request>, hold: &dyn Hold) -> Result<Response<'a>, ApiError> {
+    only_get(&req)?;
+    let lane = req.lane;
+    let (symbols, cursor, timeout, expires) = poll_params(app, &req)?;
+    // The request is freed before the poll parks, as everything poll_params parsed on
+    // the way (the query, the names): a held poll keeps only what it waits with
+    // (measured: 8.94 -> 8.23 KB RSS per held poll). With the names freed only after
+    // the wake instead (b3268a5), malloc and free took 6.3% of the one-worker fan-out's
+    // CPU samples against 3.3% (perf; bench/README.md, "Same-session A/B").
+    drop(req);
+    // A poll is never held past its token's expiry: it is answered 401 then.
+    let wait = match expires {
+        Some(at) => timeout.min(at.saturating_duration_since(Instant::now())),
+        None => timeout,
+    };
+    match app.book.poll(&symbols, cursor, wait, lane, hold) {
+        Some(a)
+            if a.reason == Reason::Timeout && expires.is_some_and(|at| Instant::now() >= at) =>
+        {
+            Err(ApiError::ExpiredToken)
+        }
+        Some(answer) => Ok(Response::Reply(answer_reply(answer))),
+        None => Ok(Response::ClientGone),
+    }
+}
+
+/// `GET /api/stream`: the checked parameters of a Server-Sent Events stream; the connection
+/// layer serves it.
+#[inline(never)]
+fn stream<'a>(app: &'a App, req: &Request) -> Result<Response<'a>, ApiError> {
+    if req.method != "GET" {
+        return Err(ApiError::MethodNotAllowed { allow: "GET" });
+    }
+    let q = Query::parse(&req.query);
+    let names = parse_symbols(q.get("symbols"), app.config.max_symbols_per_request)?;
+    // A reconnecting browser sends Last-Event-ID while its URL still has the first cursor.
+    let cursor = match &req.last_event_id {
+        Some(id) => Some(sse::parse_last_event_id(id)?),
+        None => parse_cursor(q.get("cursor"))?,
+    };
+    let expires = read_until(app, req.read_token(&q), &names)?;
+    Ok(Response::Stream(Stream {
+        symbols: app.book.resolve(&names)?,
+        cursor,
+        lane: req.lane,
+        expires,
+        headers: Vec::new(),
+    }))
 }
 
 /// `POST /api/display-delay`: a page's sample of display and arrival delays, into the histograms

@@ -126,7 +126,7 @@ impl may_minihttp::HttpService for Service {
             // A panic in the routes ends this request with a 500, not may_minihttp's connection
             // loop (as in the native layer, it is counted).
             Ok(req) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                routes::handle(&self.app, req, &PlainHold, &mut self.state)
+                routes::handle(&self.app, Box::new(req), &PlainHold, &mut self.state)
             })) {
                 Ok(Response::Reply(reply)) => reply,
                 // may_minihttp answers with one body; it cannot stream.

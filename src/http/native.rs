@@ -328,15 +328,22 @@ fn connection(mut stream: TcpStream, app: Arc<App>) {
         serve_requests(&mut stream, &app, &watch, &sweeper, peer)
     }));
     if let Err(panic) = served {
-        app.metrics.panics.fetch_add(1, Ordering::Relaxed);
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        log::error!("a connection from {peer:?} panicked ({what}); closed it");
+        report_panic(&app, peer, &*panic);
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Count and log a panic that ended a connection.
+#[cold]
+#[inline(never)]
+fn report_panic(app: &App, peer: Option<IpAddr>, panic: &(dyn std::any::Any + Send)) {
+    app.metrics.panics.fetch_add(1, Ordering::Relaxed);
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    log::error!("a connection from {peer:?} panicked ({what}); closed it");
 }
 
 /// Marks a connection's idle watch closed when the connection ends, however it ends.
@@ -384,9 +391,7 @@ fn serve_requests(
                         sent.is_ok() && keep_alive
                     }
                     Response::Stream(s) => {
-                        let mut head = Vec::with_capacity(512);
-                        protocol::stream_head(&date::now(), &s.headers, &mut head);
-                        stream::serve(app, s, head, &mut conn);
+                        serve_stream(app, s, &mut conn);
                         false // the stream's body ends when the connection closes
                     }
                     Response::ClientGone => false,
@@ -404,22 +409,40 @@ fn serve_requests(
                 }
             }
             Ok(None) => return, // closed by the client, or idle too long
-            Err(e) => {
-                // A protocol error: answer it, then close (the stream's framing is lost).
-                log::debug!("bad request from {peer:?}: {e}");
-                let reply = error_reply(&e);
-                app.metrics.count_request(reply.status);
-                let mut conn = Conn::new(stream, sweeper, app.config.write_timeout);
-                let _ = conn.send_reply(&reply, false, false);
-                // A client that is still sending (a body we refused) reads the answer only once
-                // it is done; one that trickles its head would only hold us up.
-                if e != ApiError::RequestTimeout {
-                    conn.linger();
-                }
-                return;
-            }
+            Err(e) => return refuse_request(stream, app, sweeper, peer, e),
         }
     }
+}
+
+/// A protocol error: answer it, then close (the stream's framing is lost).
+#[cold]
+#[inline(never)]
+fn refuse_request(
+    stream: &mut TcpStream,
+    app: &App,
+    sweeper: &Sweeper,
+    peer: Option<IpAddr>,
+    e: ApiError,
+) {
+    log::debug!("bad request from {peer:?}: {e}");
+    let reply = error_reply(&e);
+    app.metrics.count_request(reply.status);
+    let mut conn = Conn::new(stream, sweeper, app.config.write_timeout);
+    let _ = conn.send_reply(&reply, false, false);
+    // A client that is still sending (a body we refused) reads the answer only once it is done;
+    // one that trickles its head would only hold us up.
+    if e != ApiError::RequestTimeout {
+        conn.linger();
+    }
+}
+
+/// Serve a Server-Sent Events stream on the connection until it ends. Not inlined, as the other
+/// cold paths here, for the held polls' sake (see `serve_requests`).
+#[inline(never)]
+fn serve_stream(app: &App, s: stream::Stream<'_>, conn: &mut Conn<'_>) {
+    let mut head = Vec::with_capacity(512);
+    protocol::stream_head(&date::now(), &s.headers, &mut head);
+    stream::serve(app, s, head, conn);
 }
 
 /// epoll bits that mean the client is gone: it closed its side (FIN), reset the connection, or
@@ -705,7 +728,7 @@ impl Reader<'_> {
         &mut self,
         max_body: usize,
         sweeper: &Sweeper,
-    ) -> Result<Option<(Request, bool)>, ApiError> {
+    ) -> Result<Option<(Box<Request>, bool)>, ApiError> {
         // Between requests the idle timeout governs: wait for the first byte.
         if self.buf.is_empty() && !self.fill().unwrap_or(false) {
             return Ok(None);

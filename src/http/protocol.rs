@@ -24,7 +24,10 @@ pub enum BodyLength {
 
 /// The parsed head: everything but the body, owned.
 pub struct Head {
-    pub req: Request,
+    /// Boxed: a head is handed down through the parser, the connection loop and the routes, and
+    /// every frame that moved a `Request` by value kept a copy of it on the coroutine stack, whose
+    /// pages stay resident while a poll is held.
+    pub req: Box<Request>,
     pub head_len: usize,
     pub body: BodyLength,
     pub keep_alive: bool,
@@ -123,7 +126,7 @@ fn parse_complete_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, ApiE
     let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
         return Err(ApiError::BadRequest("incomplete request line".into()));
     };
-    let mut req = Request::new(method, target);
+    let mut req = Box::new(Request::new(method, target));
     let http11 = parsed.version == Some(1);
     let mut keep_alive = http11;
     let mut content_length: Option<usize> = None;
