@@ -148,8 +148,8 @@ fn route<'a>(
 /// coroutine stack it ever touched, and with every route inlined into one frame, that frame was
 /// as large as all of theirs together. With these frames apart and the request boxed, a held
 /// poll's deepest point went from 536 to 400 words (4288 to 3200 bytes), one 4 KiB page of
-/// stack instead of two, and 11.4 to 7.3 KB RSS per held poll (bench/README.md, "Memory per
-/// held poll").
+/// stack instead of two, and 12.37 to 8.37 KiB RSS per held poll in w3 (bench/README.md, "...
+/// memory per held poll"; `tests/held_poll_memory.rs` keeps it so).
 #[inline(never)]
 fn poll<'a>(app: &'a App, req: Box<Request>, hold: &dyn Hold) -> Result<Response<'a>, ApiError> {
     only_get(&req)?;

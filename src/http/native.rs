@@ -437,7 +437,7 @@ fn refuse_request(
 }
 
 /// Serve a Server-Sent Events stream on the connection until it ends. Not inlined, as the other
-/// cold paths here, for the held polls' sake (see `serve_requests`).
+/// cold paths here, for the held polls' sake (see `routes::poll`).
 #[inline(never)]
 fn serve_stream(app: &App, s: stream::Stream<'_>, conn: &mut Conn<'_>) {
     let mut head = Vec::with_capacity(512);
